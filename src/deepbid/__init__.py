@@ -1,0 +1,22 @@
+"""deepbid: deep batch integration, clustering and denoising of scRNA-seq data (DeepBID).
+
+>>> import deepbid
+>>> deepbid.integrate(adata, batch_key="batch")  # doctest: +SKIP
+"""
+
+from . import datasets, metrics
+from .api import OUTPUT_KEYS, integrate
+from .errors import InputError, InputWarning, TrainingError
+from .model import DeepBID
+
+__all__ = [
+    "DeepBID",
+    "InputError",
+    "InputWarning",
+    "OUTPUT_KEYS",
+    "TrainingError",
+    "datasets",
+    "integrate",
+    "metrics",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,120 @@
+"""The AnnData-facing function: ``deepbid.integrate``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .model import DeepBID
+
+#: Keys ``integrate`` writes (``key`` is ``key_added``, default ``"deepbid"``).
+OUTPUT_KEYS = {
+    "obsm['X_{key}']": "integrated latent embedding, cells x latent_dim",
+    "obs['{key}_cluster']": "hard cluster labels (categorical '0'..'K-1')",
+    "obsm['{key}_membership']": "soft assignments P, cells x K (rows sum to 1)",
+    "obsm['{key}_denoised']": "denoised expression, cells x genes used (DataFrame with gene "
+    "columns): the NB mean in counts at the median library size",
+    "var['{key}_gene']": "whether each gene was used by the model",
+    "uns['{key}']": "settings, genes, batches, K estimation and per-epoch loss history",
+}
+
+
+def integrate(
+    adata: ad.AnnData,
+    batch_key: str = "batch",
+    *,
+    layer: str | None = None,
+    n_clusters: int | None = None,
+    genes: Sequence[str] | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    copy: bool = False,
+    key_added: str = "deepbid",
+    progress: bool = True,
+    **model_kwargs: Any,
+) -> ad.AnnData | None:
+    """Integrate batches, cluster and denoise the cells of ``adata`` with DeepBID.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes with raw counts in ``X`` (or ``layers[layer]``), dense or sparse.
+    batch_key
+        Column of ``adata.obs`` naming each cell's batch (strings or numbers).
+    layer
+        Layer holding the raw counts; ``None`` reads ``X``.
+    n_clusters
+        Number of clusters; ``None`` estimates it.
+    genes
+        Train on exactly these genes instead of the per-batch HVG union.
+    seed
+        Random seed; the same seed gives the same result on the same machine.
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    copy
+        Return an annotated copy instead of annotating ``adata`` in place.
+    key_added
+        Prefix of the keys written (see :data:`OUTPUT_KEYS`).
+    progress
+        Show a progress bar.
+    **model_kwargs
+        Further settings of :class:`~deepbid.DeepBID` (``epochs``, ``kappa2``, ...).
+
+    Returns
+    -------
+    The annotated copy when ``copy=True``, else ``None``. Only new keys are
+    written; nothing of the input is changed. Cells with zero counts get NaN
+    embeddings and no cluster.
+
+    Raises
+    ------
+    InputError
+        For input that cannot be integrated, before any training.
+    """
+    if not isinstance(adata, ad.AnnData):
+        raise InputError(f"expected an AnnData object, got {type(adata).__name__}")
+    model = DeepBID(n_clusters=n_clusters, seed=seed, device=device, progress=progress,
+                    **model_kwargs)
+    model.fit(adata, batch_key, layer=layer, genes=genes)
+    target = adata.copy() if copy else adata
+    write_results(target, model, key_added)
+    return target if copy else None
+
+
+def write_results(adata: ad.AnnData, model: DeepBID, key: str = "deepbid") -> None:
+    """Write a model's results for its training cells into ``adata`` (see :data:`OUTPUT_KEYS`)."""
+    cells = model._train_view.cells
+    n = adata.n_obs
+
+    def full(values: np.ndarray) -> np.ndarray:
+        out = np.full((n, values.shape[1]), np.nan, dtype=np.float32)
+        out[cells] = values
+        return out
+
+    p = model.membership()
+    labels = np.full(n, None, dtype=object)
+    labels[cells] = p.argmax(axis=1).astype(str)
+    categories = [str(k) for k in range(p.shape[1])]
+    adata.obsm[f"X_{key}"] = full(model.latent())
+    adata.obsm[f"{key}_membership"] = full(p)
+    adata.obs[f"{key}_cluster"] = pd.Categorical(labels, categories=categories)
+    adata.obsm[f"{key}_denoised"] = pd.DataFrame(
+        full(model.denoised()), index=adata.obs_names, columns=model.genes
+    )
+    adata.var[f"{key}_gene"] = adata.var_names.isin(model.genes)
+    adata.uns[key] = {
+        "settings": model.settings_dict(),
+        "genes": np.asarray(model.genes, dtype=object),
+        "batches": np.asarray(model.batch_categories, dtype=object),
+        "k_estimation": {k: np.asarray(v) for k, v in model.k_estimate.items()},
+        "history": {
+            phase: {term: np.asarray(v) for term, v in terms.items()}
+            for phase, terms in model.history.items()
+        },
+    }
+

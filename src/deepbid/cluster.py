@@ -1,0 +1,200 @@
+"""Fuzzy k-means in the latent space (paper eq. 13-14) and its initialisation.
+
+The number of clusters is usually unknown. :func:`initial_partition` then
+estimates it: Leiden on a batch-balanced kNN graph of the pretrained latent
+codes (every cell is linked to its nearest neighbours *in every batch*, so
+clusters are not split by batch), over a grid of resolutions, keeping the
+partition whose cells are best separated within their own batch (mean
+within-batch silhouette). A given ``n_clusters`` uses k-means instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import anndata as ad
+import numpy as np
+import scanpy as sc
+import scipy.sparse as sp
+import torch
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import silhouette_score
+from sklearn.neighbors import NearestNeighbors
+
+#: Leiden resolutions tried when the number of clusters is estimated.
+RESOLUTIONS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)
+#: Neighbours of each cell taken from every batch for the K-estimation graph.
+NEIGHBOURS_PER_BATCH = 5
+#: Cells per batch used to score a partition (silhouette is quadratic in cells).
+SILHOUETTE_CELLS = 1000
+
+
+def memberships(h: torch.Tensor, centres: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Soft assignments, eq. (14): ``p_jk = softmax_k(-||h_j - c_k|| / temperature)``.
+
+    ``(n, d), (K, d) -> (n, K)``. ``temperature=1`` is the paper's formula.
+    """
+    return torch.softmax(-torch.cdist(h, centres) / temperature, dim=1)
+
+
+def calibrate_temperature(
+    h: torch.Tensor, labels: torch.Tensor, target: float = 0.9, n_steps: int = 30
+) -> float:
+    """The largest temperature ``<= 1`` at which eq. (14) keeps the starting partition.
+
+    Eq. (14) is not scale-free: where clusters of the latent space lie less
+    than a few units apart, its memberships are nearly uniform, and alternating
+    eq. (13) and (14) then pulls every centre onto the grand mean (all clusters
+    collapse). The temperature is therefore lowered, once, until the mean
+    membership of cells in their own starting cluster reaches ``target``; data
+    whose clusters are already that distinct keep the paper's formula (1).
+
+    Parameters
+    ----------
+    h
+        ``(n, d)`` latent codes.
+    labels
+        ``(n,)`` starting hard labels (long).
+    """
+    c = centres(h, torch.nn.functional.one_hot(labels).to(h.dtype))
+    dist = torch.cdist(h, c)
+
+    def agreement(t: float) -> float:
+        return torch.softmax(-dist / t, dim=1).gather(1, labels[:, None]).mean().item()
+
+    if agreement(1.0) >= target:
+        return 1.0
+    lo, hi = -6.0, 0.0  # bisection on log10(temperature)
+    for _ in range(n_steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if agreement(10.0**mid) >= target else (lo, mid)
+    return float(10.0**lo)
+
+
+def centres(h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Cluster centres, eq. (13): membership-weighted means, ``(n, d), (n, K) -> (K, d)``."""
+    return (p.T @ h) / p.sum(dim=0).clamp_min(1e-12)[:, None]
+
+
+def fuzzy_kmeans(
+    h: torch.Tensor,
+    p: torch.Tensor,
+    temperature: float = 1.0,
+    max_iter: int = 20,
+    tol: float = 1e-4,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Alternate eq. (13) and (14) from memberships ``p`` until they stabilise.
+
+    Parameters
+    ----------
+    h
+        ``(n, d)`` latent codes of all cells.
+    p
+        ``(n, K)`` starting memberships.
+    temperature
+        Of eq. (14), see :func:`calibrate_temperature`.
+    max_iter
+        Most alternations.
+    tol
+        Stop when the mean absolute change of ``p`` falls below this.
+
+    Returns
+    -------
+    ``(centres (K, d), memberships (n, K), iterations run)``.
+    """
+    for iteration in range(1, max_iter + 1):
+        c = centres(h, p)
+        new_p = memberships(h, c, temperature)
+        change = (new_p - p).abs().mean().item()
+        p = new_p
+        if change < tol:
+            break
+    return centres(h, p), p, iteration
+
+
+def _pca(h: np.ndarray, seed: int, n_components: int = 50) -> np.ndarray:
+    n_components = min(n_components, h.shape[0] - 1, h.shape[1])
+    return PCA(n_components=n_components, random_state=seed).fit_transform(h)
+
+
+def batch_balanced_graph(x: np.ndarray, batch: np.ndarray, k: int) -> sp.csr_matrix:
+    """Symmetric kNN adjacency linking each cell to its ``k`` nearest cells of every batch.
+
+    ``(n, d), (n,) -> (n, n)`` sparse, with about ``n * k * n_batches`` edges.
+    """
+    n = x.shape[0]
+    rows, cols = [], []
+    for code in np.unique(batch):
+        members = np.flatnonzero(batch == code)
+        k_b = min(k + 1, members.size)
+        _, idx = NearestNeighbors(n_neighbors=k_b).fit(x[members]).kneighbors(x)
+        rows.append(np.repeat(np.arange(n), k_b))
+        cols.append(members[idx.ravel()])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    keep = rows != cols
+    graph = sp.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, n))
+    graph = graph.maximum(graph.T)
+    graph.data[:] = 1.0
+    return graph
+
+
+def within_batch_silhouette(
+    x: np.ndarray, labels: np.ndarray, batch: np.ndarray, seed: int
+) -> float:
+    """Cell-weighted mean over batches of the silhouette of ``labels`` among that batch's cells.
+
+    Batches holding a single label are skipped; ``-1`` when none qualifies.
+    """
+    rng = np.random.default_rng(seed)
+    scores, weights = [], []
+    for code in np.unique(batch):
+        members = np.flatnonzero(batch == code)
+        if members.size > SILHOUETTE_CELLS:
+            members = rng.choice(members, SILHOUETTE_CELLS, replace=False)
+        n_labels = np.unique(labels[members]).size
+        if n_labels < 2 or n_labels >= members.size:
+            continue
+        scores.append(silhouette_score(x[members], labels[members]))
+        weights.append(members.size)
+    return float(np.average(scores, weights=weights)) if scores else -1.0
+
+
+def estimate_partition(h: np.ndarray, batch: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+    """Estimate the number of clusters and a starting partition (see module docstring).
+
+    Returns
+    -------
+    ``(labels (n,), report)``, the report giving each resolution's cluster
+    count and score.
+    """
+    x = _pca(h, seed)
+    graph = batch_balanced_graph(x, batch, NEIGHBOURS_PER_BATCH)
+    holder = ad.AnnData(np.zeros((h.shape[0], 1), dtype=np.float32))
+    best, best_score, report = None, -np.inf, {"resolution": [], "n_clusters": [], "score": []}
+    for resolution in RESOLUTIONS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sc.tl.leiden(
+                holder, resolution=resolution, adjacency=graph, random_state=seed,
+                flavor="igraph", n_iterations=-1, directed=False,
+            )
+        labels = holder.obs["leiden"].cat.codes.to_numpy().astype(np.int64)
+        n_clusters = int(labels.max()) + 1
+        score = within_batch_silhouette(x, labels, batch, seed) if n_clusters > 1 else -1.0
+        report["resolution"].append(resolution)
+        report["n_clusters"].append(n_clusters)
+        report["score"].append(score)
+        if score > best_score:
+            best, best_score = labels, score
+    return best, report
+
+
+def initial_partition(
+    h: np.ndarray, batch: np.ndarray, n_clusters: int | None, seed: int
+) -> tuple[np.ndarray, dict]:
+    """Hard starting labels ``(n,)`` for fuzzy k-means: k-means for a given K, else estimated."""
+    if n_clusters is None:
+        return estimate_partition(h, batch, seed)
+    labels = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(h)
+    return labels, {}

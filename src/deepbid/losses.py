@@ -1,0 +1,130 @@
+"""The terms of DeepBID's objective (paper eq. 1-11), as pure tensor functions.
+
+Each function returns a per-cell scale quantity (a mean over the cells it is
+given), so that the weights of eq. 11 mean the same at every dataset size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_EPS = 1e-8
+
+
+def nb_nll(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Element-wise negative log-likelihood of the negative binomial, eq. (1)-(2).
+
+    Parameters
+    ----------
+    x, mu, theta
+        Counts, means and dispersions (inverse overdispersion), broadcastable.
+
+    Returns
+    -------
+    ``-log NB(x | mu, theta)`` with the shape of the broadcast inputs.
+    """
+    tiny = torch.finfo(mu.dtype).tiny  # guards log(0) without biasing any positive value
+    log_theta_mu = torch.log((theta + mu).clamp_min(tiny))
+    return (
+        torch.lgamma(theta)
+        + torch.lgamma(x + 1.0)
+        - torch.lgamma(x + theta)
+        + theta * (log_theta_mu - torch.log(theta.clamp_min(tiny)))
+        + x * (log_theta_mu - torch.log(mu.clamp_min(tiny)))
+    )
+
+
+def nb_loss(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``L_NB`` per cell: NB NLL summed over genes, averaged over the ``(n, f)`` cells."""
+    return nb_nll(x, mu, theta).sum(dim=1).mean()
+
+
+def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """``L_rec`` per cell: ``||x_j - x_hat_j||^2`` averaged over the ``(n, f)`` cells."""
+    return (x - x_hat).pow(2).sum(dim=1).mean()
+
+
+def adaptive_kmeans(h: torch.Tensor, centres: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Adaptive fuzzy k-means loss ``L_A``, eq. (3), per cell.
+
+    Parameters
+    ----------
+    h
+        ``(n, d)`` latent codes.
+    centres
+        ``(K, d)`` cluster centres ``C`` (held fixed).
+    p
+        ``(n, K)`` memberships ``P`` (held fixed).
+
+    Returns
+    -------
+    ``mean_j sum_k d_jk p_jk ||h_j - c_k||^2`` with
+    ``d_jk = (||h_j - c_k|| + 2) / (||h_j - c_k|| + 1)^2``.
+    """
+    r = torch.cdist(h, centres)
+    return ((r + 2.0) / (r + 1.0).pow(2) * p * r.pow(2)).sum(dim=1).mean()
+
+
+def weight_penalty(module: nn.Module) -> torch.Tensor:
+    """Regulariser ``L_O``, eq. (4): squared Frobenius norms of all weights and biases."""
+    return sum(param.pow(2).sum() for param in module.parameters())
+
+
+def kl_within_batch(h: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """Self-training KL divergence within each batch, ``L_KL1``, eq. (7)-(9), per cell.
+
+    Parameters
+    ----------
+    h
+        ``(n, d)`` latent codes.
+    batch
+        ``(n,)`` integer batch codes; only cells of the same batch are compared.
+
+    Returns
+    -------
+    ``sum_B sum_{i,j in B} p_ji log(p_ji / q_ji) / n`` where ``q`` are Student-t
+    (1 d.o.f.) neighbour probabilities and ``p`` their sharpened target, held
+    fixed (no gradient flows through ``p``).
+    """
+    total = h.new_zeros(())
+    for code in torch.unique(batch):
+        hb = h[batch == code]
+        if hb.shape[0] < 3:
+            continue
+        kernel = 1.0 / (1.0 + torch.cdist(hb, hb).pow(2))
+        kernel = kernel * (1.0 - torch.eye(hb.shape[0], device=h.device, dtype=h.dtype))
+        q = kernel / kernel.sum(dim=1, keepdim=True)
+        target = q.pow(2) / q.sum(dim=0, keepdim=True)
+        target = (target / target.sum(dim=1, keepdim=True)).detach()
+        total = total + (target * (torch.log(target + _EPS) - torch.log(q + _EPS))).sum()
+    return total / h.shape[0]
+
+
+def kl_batch_mix(p: torch.Tensor, batch: torch.Tensor, n_batches: int) -> torch.Tensor:
+    """Batch-mixing KL divergence ``L_KL2``, eq. (10).
+
+    Parameters
+    ----------
+    p
+        ``(n, K)`` memberships computed from the current latent codes (eq. 14),
+        so that the loss carries gradient to the encoder.
+    batch
+        ``(n,)`` integer batch codes.
+    n_batches
+        Number of batches.
+
+    Returns
+    -------
+    ``sum_k w_k sum_B u_Bk log(u_Bk / v_B)`` where ``u_Bk`` is batch ``B``'s share of
+    soft cluster ``k``, ``v_B`` its share of the ``n`` cells and ``w_k`` the
+    cluster's share of the cells: the mutual information between batch and
+    cluster, zero exactly when every cluster has the overall batch mix.
+    """
+    onehot = nn.functional.one_hot(batch, n_batches).to(p.dtype)
+    joint = onehot.T @ p / p.shape[0]  # (n_batches, K): P(batch, cluster)
+    cluster_mass = joint.sum(dim=0, keepdim=True)
+    batch_share = onehot.mean(dim=0)[:, None]
+    u = joint / (cluster_mass + _EPS)
+    kl_per_cluster = (u * (torch.log(u + _EPS) - torch.log(batch_share + _EPS))).sum(dim=0)
+    return (cluster_mass.squeeze(0) * kl_per_cluster).sum()

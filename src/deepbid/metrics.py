@@ -1,0 +1,79 @@
+"""Integration and clustering scores: arrays in, numbers out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.neighbors import NearestNeighbors
+
+
+def ari(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
+    """Adjusted Rand index of two labelings of the same cells."""
+    return float(adjusted_rand_score(labels_true, labels_pred))
+
+
+def nmi(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
+    """Normalised mutual information (arithmetic mean normalisation)."""
+    return float(normalized_mutual_info_score(labels_true, labels_pred))
+
+
+def _calibrated_weights(dist2: np.ndarray, perplexity: float, n_steps: int = 50) -> np.ndarray:
+    """Gaussian neighbour weights ``(n, k)``, each row's bandwidth found by bisection
+    so that its entropy is ``log(perplexity)`` (as in t-SNE and LISI)."""
+    target = np.log(perplexity)
+    dist2 = dist2 - dist2[:, :1]  # shift by the nearest distance for numerical range
+    beta = np.ones(dist2.shape[0])
+    lo = np.full_like(beta, 0.0)
+    hi = np.full_like(beta, np.inf)
+    for _ in range(n_steps):
+        w = np.exp(-dist2 * beta[:, None])
+        total = w.sum(axis=1)
+        w /= total[:, None]
+        entropy = np.log(total) + beta * (dist2 * w).sum(axis=1)
+        too_flat = entropy > target
+        lo = np.where(too_flat, beta, lo)
+        hi = np.where(too_flat, hi, beta)
+        beta = np.where(np.isinf(hi), beta * 2.0, (lo + hi) / 2.0)
+    return w
+
+
+def lisi(x: np.ndarray, labels: np.ndarray, perplexity: float = 30.0) -> np.ndarray:
+    """Local inverse Simpson's index of ``labels`` for every cell of the ``(n, d)`` embedding.
+
+    Korsunsky et al. 2019 (Harmony): the effective number of labels among a
+    cell's ``3 * perplexity`` nearest neighbours, weighted by a Gaussian kernel
+    calibrated to the perplexity. iLISI uses batch labels (higher is better
+    mixing), cLISI cell types (1 is perfect separation).
+
+    Returns
+    -------
+    ``(n,)`` scores between 1 and the number of labels.
+    """
+    codes = pd.Categorical(labels).codes
+    k = int(min(3 * perplexity, x.shape[0] - 1))
+    dist, idx = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
+    dist, idx = dist[:, 1:], idx[:, 1:]
+    w = _calibrated_weights(dist.astype(np.float64) ** 2, min(perplexity, k / 3))
+    share = np.zeros((x.shape[0], codes.max() + 1))
+    np.add.at(share, (np.repeat(np.arange(x.shape[0]), k), codes[idx].ravel()), w.ravel())
+    return 1.0 / (share**2).sum(axis=1)
+
+
+def scores(
+    embedding: np.ndarray,
+    clusters: np.ndarray,
+    batch: np.ndarray,
+    labels: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The table deepbid reports: ARI and NMI of ``clusters`` against ``labels``
+    (when given), median iLISI of ``batch`` and median cLISI of ``labels``."""
+    out = {"ilisi_median": float(np.median(lisi(embedding, batch)))}
+    if labels is not None:
+        out = {
+            "ari": ari(labels, clusters),
+            "nmi": nmi(labels, clusters),
+            **out,
+            "clisi_median": float(np.median(lisi(embedding, labels))),
+        }
+    return out

@@ -1,0 +1,270 @@
+"""The model: settings plus a trained network, with fit / latent / clusters / denoised / save / load."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import cluster
+from .data import DataView, prepare, prepare_like
+from .errors import InputError
+from .module import Autoencoder
+from .train import Settings, Trainer, denoise, embed
+
+#: From this many cells the paper switches to its large-data weights.
+LARGE_DATA_CELLS = 10_000
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; anything else is checked."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for but CUDA is not available; use 'auto' or 'cpu'")
+    if resolved.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r} is not supported; use 'auto', 'cpu' or 'cuda'")
+    return resolved
+
+
+class DeepBID:
+    """DeepBID batch integration, clustering and denoising of scRNA-seq counts.
+
+    Parameters
+    ----------
+    n_clusters
+        Number of clusters ``K``; ``None`` estimates it from the data.
+    latent_dim, hidden_dim
+        Widths of the latent code and of the outer hidden layers.
+    n_top_genes
+        Highly variable genes taken per batch (their union is used).
+    epochs, pretrain_epochs, layer_epochs
+        Epochs of the clustering phase, of the stacked pretraining and of each
+        layer-wise pretraining stage.
+    batch_size
+        Cells per minibatch.
+    lr
+        Adam learning rate for every phase.
+    lambda1, lambda2
+        Weights of the k-means loss and of the weight penalty; ``None`` takes the
+        paper's values for the data size (5 and 0.01 below 10^4 cells, else 1 and 1e-4).
+    kappa1, kappa2
+        Weights of the within-batch and batch-mixing KL terms.
+    conditional_decoder
+        Feed the batch to the decoder (see README).
+    seed
+        Seeds every random choice; the same seed gives the same result on one machine.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    progress
+        Show a progress bar.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int | None = None,
+        *,
+        latent_dim: int = 300,
+        hidden_dim: int = 500,
+        n_top_genes: int = 1000,
+        epochs: int = 20,
+        pretrain_epochs: int = 20,
+        layer_epochs: int = 10,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        lambda1: float | None = None,
+        lambda2: float | None = None,
+        kappa1: float = 0.01,
+        kappa2: float = 100.0,
+        conditional_decoder: bool = True,
+        seed: int = 0,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        if n_clusters is not None and (not isinstance(n_clusters, (int, np.integer)) or n_clusters < 2):
+            raise InputError(f"n_clusters must be an integer >= 2 or None (estimate it), got {n_clusters!r}")
+        self.n_clusters = n_clusters
+        self.n_top_genes = n_top_genes
+        self.seed = seed
+        self.device = resolve_device(device)
+        self.progress = progress
+        self._options = dict(
+            hidden_dim=hidden_dim, latent_dim=latent_dim, conditional_decoder=conditional_decoder,
+            batch_size=batch_size, lr=lr, layer_epochs=layer_epochs,
+            pretrain_epochs=pretrain_epochs, epochs=epochs, kappa1=kappa1, kappa2=kappa2,
+        )
+        self._lambdas = (lambda1, lambda2)
+        self.module: Autoencoder | None = None
+
+    # -- training ------------------------------------------------------------------
+
+    def fit(
+        self,
+        adata: ad.AnnData,
+        batch_key: str = "batch",
+        *,
+        layer: str | None = None,
+        genes: Sequence[str] | None = None,
+    ) -> DeepBID:
+        """Select genes, pretrain, then optimise the full objective on ``adata``.
+
+        ``adata`` is read, never modified.
+        """
+        view = prepare(adata, batch_key, layer=layer, genes=genes, n_top_genes=self.n_top_genes)
+        if self.n_clusters is not None and self.n_clusters > view.n_cells:
+            raise InputError(
+                f"n_clusters={self.n_clusters} is more than the {view.n_cells} usable cells"
+            )
+        large = view.n_cells >= LARGE_DATA_CELLS
+        lambda1, lambda2 = self._lambdas
+        self.settings = Settings(
+            **self._options,
+            lambda1=lambda1 if lambda1 is not None else (1.0 if large else 5.0),
+            lambda2=lambda2 if lambda2 is not None else (1e-4 if large else 0.01),
+        )
+        torch.manual_seed(self.seed)
+        self.module = Autoencoder(
+            view.n_genes, view.n_batches, self.settings.hidden_dim,
+            self.settings.latent_dim, self.settings.conditional_decoder,
+        ).to(self.device)
+        trainer = Trainer(self.module, self.settings, self.device, self.seed)
+        s = self.settings
+        total = 2 * s.layer_epochs + s.pretrain_epochs + s.epochs
+        with tqdm(total=total, desc="deepbid", unit="epoch", disable=not self.progress) as bar:
+            trainer.pretrain(view, bar)
+            h = embed(self.module, view, self.device).cpu().numpy()
+            labels, self.k_estimate = cluster.initial_partition(
+                h, view.batch_codes, self.n_clusters, self.seed
+            )
+            centres, p = trainer.cluster(view, labels, bar)
+        self.centres, self.temperature = centres.cpu(), trainer.temperature
+        self.history = trainer.history
+        self.genes, self.batch_categories = view.genes, view.batch_categories
+        self.is_counts = view.is_counts
+        self.median_library = view.median_library
+        self.batch_key, self.layer = batch_key, layer
+        self._train_view, self._train_p = view, p.cpu().numpy()
+        return self
+
+    # -- results ---------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if self.module is None:
+            raise RuntimeError("the model is not trained: call fit() or DeepBID.load() first")
+
+    def _view(self, adata: ad.AnnData | None) -> DataView:
+        self._check_fitted()
+        if adata is None:
+            if getattr(self, "_train_view", None) is None:
+                raise InputError("a loaded model needs the cells to work on: pass adata")
+            return self._train_view
+        return prepare_like(
+            adata, self.batch_key, self.genes, self.batch_categories, self.is_counts,
+            layer=self.layer, reference_median=self.median_library,
+        )
+
+    def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
+        """Integrated embedding ``(n_cells, latent_dim)`` of the training cells, or of
+        ``adata``'s cells (same genes, known batches). Cells with zero counts are left out."""
+        view = self._view(adata)
+        return embed(self.module, view, self.device).cpu().numpy()
+
+    def membership(self, adata: ad.AnnData | None = None) -> np.ndarray:
+        """Soft cluster assignments ``P`` ``(n_cells, K)``, eq. (14)."""
+        if adata is None and getattr(self, "_train_p", None) is not None:
+            return self._train_p
+        h = torch.from_numpy(self.latent(adata))
+        return cluster.memberships(h, self.centres, self.temperature).numpy()
+
+    def clusters(self, adata: ad.AnnData | None = None) -> np.ndarray:
+        """Hard cluster labels ``(n_cells,)``, the argmax of :meth:`membership`."""
+        return self.membership(adata).argmax(axis=1)
+
+    def denoised(self, adata: ad.AnnData | None = None) -> np.ndarray:
+        """Denoised expression ``(n_cells, n_genes)`` on :attr:`genes`: the NB mean of
+        each cell, in counts at the training data's median library size."""
+        return denoise(self.module, self._view(adata), self.device)
+
+    # -- persistence -----------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the trained model to one file (written to a temporary name, then renamed)."""
+        self._check_fitted()
+        state = {
+            "format": 1,
+            "state_dict": self.module.state_dict(),
+            "settings": self.settings.to_dict(),
+            "centres": self.centres,
+            "temperature": self.temperature,
+            "genes": list(self.genes),
+            "batch_categories": list(self.batch_categories),
+            "is_counts": self.is_counts,
+            "median_library": self.median_library,
+            "batch_key": self.batch_key,
+            "layer": self.layer,
+            "seed": self.seed,
+            "n_top_genes": self.n_top_genes,
+            "history": self.history,
+        }
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> DeepBID:
+        """Read a model written by :meth:`save`."""
+        try:
+            state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as err:
+            raise InputError(f"cannot read a deepbid model from {path}: {err}") from None
+        settings = Settings(**state["settings"])
+        model = cls(
+            n_clusters=int(state["centres"].shape[0]), seed=state["seed"], device=device,
+            n_top_genes=state["n_top_genes"],
+            progress=False,
+        )
+        model.settings = settings
+        model.module = Autoencoder(
+            len(state["genes"]), len(state["batch_categories"]), settings.hidden_dim,
+            settings.latent_dim, settings.conditional_decoder,
+        ).to(model.device)
+        model.module.load_state_dict(state["state_dict"])
+        model.centres, model.temperature = state["centres"], state["temperature"]
+        model.genes, model.batch_categories = state["genes"], state["batch_categories"]
+        model.is_counts, model.median_library = state["is_counts"], state["median_library"]
+        model.batch_key, model.layer = state["batch_key"], state["layer"]
+        model.history = state["history"]
+        model._train_view = model._train_p = None
+        return model
+
+    def settings_dict(self) -> dict:
+        """Everything needed to reproduce the run, for ``uns``."""
+        return {
+            **dataclasses.asdict(self.settings),
+            "n_clusters": int(self.centres.shape[0]),
+            "n_clusters_given": self.n_clusters,
+            "membership_temperature": self.temperature,
+            "n_top_genes": self.n_top_genes,
+            "seed": self.seed,
+            "device": str(self.device),
+            "batch_key": self.batch_key,
+            "layer": self.layer,
+            "is_counts": self.is_counts,
+        }
+

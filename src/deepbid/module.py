@@ -1,0 +1,84 @@
+"""The network: a tanh autoencoder ``f-500-300-500-f`` with NB mean and dispersion heads."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Bounds on the log NB mean and log dispersion, so that ``exp`` never
+#: overflows and a gene is never given zero variance.
+LOG_MU_MAX = 15.0
+LOG_THETA_RANGE = (-10.0, 10.0)
+
+
+class Autoencoder(nn.Module):
+    """DeepBID's autoencoder.
+
+    Parameters
+    ----------
+    n_genes
+        Input width ``f``.
+    n_batches
+        Number of batches; used only when ``conditional`` is true.
+    hidden_dim
+        Width of the outer hidden layers (paper: 500).
+    latent_dim
+        Width ``d`` of the latent code ``h`` (paper: 300).
+    conditional
+        Give the decoder the one-hot batch of each cell, so the latent code
+        need not carry batch to reconstruct it.
+    """
+
+    def __init__(
+        self,
+        n_genes: int,
+        n_batches: int,
+        hidden_dim: int = 500,
+        latent_dim: int = 300,
+        conditional: bool = True,
+    ) -> None:
+        super().__init__()
+        self.n_batches = n_batches
+        self.conditional = conditional
+        self.enc1 = nn.Linear(n_genes, hidden_dim)
+        self.enc2 = nn.Linear(hidden_dim, latent_dim)
+        self.dec1 = nn.Linear(latent_dim + (n_batches if conditional else 0), hidden_dim)
+        self.rec = nn.Linear(hidden_dim, n_genes)
+        self.mu = nn.Linear(hidden_dim, n_genes)
+        self.theta = nn.Linear(hidden_dim, n_genes)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """First encoder layer, ``(n, f) -> (n, hidden_dim)``."""
+        return torch.tanh(self.enc1(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent code ``h``, ``(n, f) -> (n, latent_dim)``."""
+        return torch.tanh(self.enc2(self.hidden(x)))
+
+    def decode_hidden(self, h: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        """Last decoder hidden layer ``D``, ``(n, latent_dim) -> (n, hidden_dim)``."""
+        if self.conditional:
+            h = torch.cat([h, nn.functional.one_hot(batch, self.n_batches).to(h.dtype)], dim=1)
+        return torch.tanh(self.dec1(h))
+
+    def nb_params(
+        self, d: torch.Tensor, size_factors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """NB mean (scaled by the ``(n,)`` size factors) and dispersion, each ``(n, f)``."""
+        mu = torch.exp(self.mu(d).clamp(max=LOG_MU_MAX)) * size_factors[:, None]
+        theta = torch.exp(self.theta(d).clamp(*LOG_THETA_RANGE))
+        return mu, theta
+
+    def forward(
+        self, x: torch.Tensor, batch: torch.Tensor, size_factors: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Encode and decode ``(n, f)`` log-normalised input.
+
+        Returns
+        -------
+        ``h`` ``(n, d)``, ``x_hat`` ``(n, f)``, ``mu`` ``(n, f)``, ``theta`` ``(n, f)``.
+        """
+        h = self.encode(x)
+        d = self.decode_hidden(h, batch)
+        mu, theta = self.nb_params(d, size_factors)
+        return {"h": h, "x_hat": self.rec(d), "mu": mu, "theta": theta}

@@ -1,0 +1,215 @@
+"""The training loop: layer-wise pretraining, then the joint clustering objective (eq. 11)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import cluster, losses
+from .data import DataView
+from .errors import TrainingError
+from .module import Autoencoder
+
+#: Cells per forward pass when embedding or decoding the whole data set.
+CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Hyper-parameters of one training run (see the README for each default)."""
+
+    hidden_dim: int = 500
+    latent_dim: int = 300
+    conditional_decoder: bool = True
+    batch_size: int = 128
+    lr: float = 1e-3
+    layer_epochs: int = 10
+    pretrain_epochs: int = 20
+    epochs: int = 20
+    lambda1: float = 5.0
+    lambda2: float = 0.01
+    kappa1: float = 0.01
+    kappa2: float = 100.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _batch(view: DataView, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(a).to(device) for a in view.rows(idx))
+
+
+class Trainer:
+    """Trains an :class:`~deepbid.module.Autoencoder` on a :class:`~deepbid.data.DataView`.
+
+    Parameters
+    ----------
+    module
+        The network, already on ``device``.
+    settings
+        Hyper-parameters.
+    device
+        Where tensors live.
+    seed
+        Seeds the minibatch order.
+    progress
+        Show a progress bar over all epochs.
+    """
+
+    def __init__(
+        self,
+        module: Autoencoder,
+        settings: Settings,
+        device: torch.device,
+        seed: int,
+        progress: bool = True,
+    ) -> None:
+        self.module = module
+        self.settings = settings
+        self.device = device
+        self.rng = np.random.default_rng(seed)
+        self.progress = progress
+        self.history: dict[str, dict[str, list[float]]] = {}
+
+    def _epochs(
+        self,
+        view: DataView,
+        phase: str,
+        n_epochs: int,
+        params: Iterable[torch.nn.Parameter],
+        step: Callable[..., dict[str, torch.Tensor]],
+        bar: tqdm,
+        after_epoch: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        """Run ``n_epochs`` of Adam on the terms ``step`` returns for each minibatch.
+
+        ``step(x, counts, size_factors, batch, idx)`` returns named loss terms,
+        already weighted, whose sum is minimised; their per-epoch means go to
+        ``history[phase][term]``.
+        """
+        optimiser = torch.optim.Adam(params, lr=self.settings.lr)
+        for epoch in range(1, n_epochs + 1):
+            sums: dict[str, float] = {}
+            n_steps = 0
+            for idx in view.minibatches(self.settings.batch_size, self.rng):
+                terms = step(*_batch(view, idx, self.device), idx)
+                total = sum(terms.values())
+                if not torch.isfinite(total):
+                    bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+                    raise TrainingError(
+                        f"{phase} epoch {epoch}: loss term(s) {bad} became NaN or infinite; "
+                        "try a lower lr, or check the input for extreme values"
+                    )
+                optimiser.zero_grad(set_to_none=True)
+                total.backward()
+                optimiser.step()
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value.item()
+                n_steps += 1
+            record = {name: value / n_steps for name, value in sums.items()}
+            record["total"] = sum(record.values())
+            if after_epoch is not None:
+                record.update(after_epoch())
+            for name, value in record.items():
+                self.history.setdefault(phase, {}).setdefault(name, []).append(value)
+            bar.set_postfix_str(f"{phase} loss {record['total']:.4g}", refresh=False)
+            bar.update(1)
+
+    def pretrain(self, view: DataView, bar: tqdm) -> None:
+        """Layer-wise MSE pretraining (``f-500-f``, then ``500-300-500``), then the
+        stacked autoencoder on ``L_rec + L_NB`` so the NB heads start trained."""
+        m, s = self.module, self.settings
+
+        def outer(x, counts, sf, batch, idx):
+            return {"rec": losses.reconstruction_loss(x, m.rec(m.hidden(x)))}
+
+        def inner(x, counts, sf, batch, idx):
+            a = m.hidden(x).detach()
+            a_hat = m.decode_hidden(torch.tanh(m.enc2(a)), batch)
+            return {"rec": losses.reconstruction_loss(a, a_hat)}
+
+        def stacked(x, counts, sf, batch, idx):
+            out = m(x, batch, sf)
+            return {
+                "rec": losses.reconstruction_loss(x, out["x_hat"]),
+                "nb": losses.nb_loss(counts, out["mu"], out["theta"]),
+            }
+
+        outer_params = [*m.enc1.parameters(), *m.rec.parameters()]
+        inner_params = [*m.enc2.parameters(), *m.dec1.parameters()]
+        self._epochs(view, "pretrain_outer", s.layer_epochs, outer_params, outer, bar)
+        self._epochs(view, "pretrain_inner", s.layer_epochs, inner_params, inner, bar)
+        self._epochs(view, "pretrain", s.pretrain_epochs, m.parameters(), stacked, bar)
+
+    def cluster(
+        self, view: DataView, labels: np.ndarray, bar: tqdm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Optimise eq. (11) from the hard starting ``labels``; re-estimate ``C`` and
+        ``P`` (eq. 13-14, to stability) after every epoch.
+
+        Returns
+        -------
+        ``(centres (K, d), memberships (n, K))`` at the end of training.
+        """
+        m, s = self.module, self.settings
+        h = embed(m, view, self.device)
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        self.temperature = cluster.calibrate_temperature(h, labels)
+        tau = self.temperature
+        p0 = torch.nn.functional.one_hot(labels).to(h.dtype)
+        state = dict(zip(("centres", "p", "iterations"), cluster.fuzzy_kmeans(h, p0, tau)))
+
+        def step(x, counts, sf, batch, idx):
+            out = m(x, batch, sf)
+            h, c = out["h"], state["centres"]
+            return {
+                "nb": losses.nb_loss(counts, out["mu"], out["theta"]),
+                "kmeans": s.lambda1 * losses.adaptive_kmeans(h, c, state["p"][idx]),
+                "weights": s.lambda2 * losses.weight_penalty(m),
+                "kl_within": s.kappa1 * losses.kl_within_batch(h, batch),
+                "kl_mix": s.kappa2
+                * losses.kl_batch_mix(cluster.memberships(h, c, tau), batch, view.n_batches),
+            }
+
+        def update() -> dict[str, float]:
+            old = state["p"]
+            state["centres"], state["p"], iterations = cluster.fuzzy_kmeans(
+                embed(m, view, self.device), old, tau
+            )
+            return {
+                "membership_change": (state["p"] - old).abs().sum(dim=1).mean().item() / 2,
+                "fuzzy_iterations": float(iterations),
+            }
+
+        self._epochs(view, "cluster", s.epochs, m.parameters(), step, bar, update)
+        return state["centres"], state["p"]
+
+
+@torch.no_grad()
+def embed(module: Autoencoder, view: DataView, device: torch.device) -> torch.Tensor:
+    """Latent codes ``(n_cells, latent_dim)`` of every cell of ``view``, on ``device``."""
+    module.eval()
+    parts = [
+        module.encode(torch.from_numpy(view.logx[idx].toarray()).to(device))
+        for idx in view.minibatches(CHUNK)
+    ]
+    module.train()
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def denoise(module: Autoencoder, view: DataView, device: torch.device) -> np.ndarray:
+    """NB means ``(n_cells, n_genes)`` of every cell at size factor 1 (the
+    training data's median library size), decoded with the cell's own batch."""
+    module.eval()
+    parts = []
+    for idx in view.minibatches(CHUNK):
+        x, _, _, batch = _batch(view, idx, device)
+        d = module.decode_hidden(module.encode(x), batch)
+        parts.append(module.nb_params(d, torch.ones(len(idx), device=device))[0].cpu().numpy())
+    module.train()
+    return np.concatenate(parts)

@@ -1,0 +1,100 @@
+"""The AnnData-facing API and the model class, on real cells with a small fast network."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FAST
+
+import deepbid
+from deepbid import DeepBID, InputError
+
+
+@pytest.fixture(scope="module")
+def fitted(mixology):
+    rng = np.random.default_rng(1)
+    sub = mixology[np.sort(rng.choice(mixology.n_obs, 240, replace=False))].copy()
+    out = deepbid.integrate(sub, "batch", n_clusters=3, copy=True, **FAST)
+    return sub, out
+
+
+def test_integrate_writes_documented_keys(fitted):
+    sub, out = fitted
+    n = sub.n_obs
+    assert out.obsm["X_deepbid"].shape == (n, FAST["latent_dim"])
+    p = out.obsm["deepbid_membership"]
+    assert p.shape == (n, 3)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
+    clusters = out.obs["deepbid_cluster"]
+    assert isinstance(clusters.dtype, pd.CategoricalDtype)
+    assert (clusters.astype(int).to_numpy() == p.argmax(axis=1)).all()
+    denoised = out.obsm["deepbid_denoised"]
+    genes = list(out.uns["deepbid"]["genes"])
+    assert list(denoised.columns) == genes and out.var["deepbid_gene"].sum() == len(genes)
+    assert np.isfinite(denoised.to_numpy()).all() and (denoised.to_numpy() > 0).all()
+    history = out.uns["deepbid"]["history"]
+    for term in ("nb", "kmeans", "weights", "kl_within", "kl_mix", "total"):
+        assert len(history["cluster"][term]) == FAST["epochs"]
+    assert out.uns["deepbid"]["settings"]["n_clusters"] == 3
+
+
+def test_default_model_recovers_cell_lines_with_k_estimated(mixology):
+    """The bundled real data: 3 cell lines in 2 protocols; K is estimated, not given."""
+    out = deepbid.integrate(mixology, "batch", copy=True, progress=False)
+    clusters = out.obs["deepbid_cluster"]
+    assert clusters.nunique() == 3
+    assert deepbid.metrics.ari(mixology.obs["cell_type"], clusters) > 0.85
+
+
+def test_copy_leaves_input_untouched(fitted):
+    sub, out = fitted
+    assert "X_deepbid" not in sub.obsm and "deepbid_cluster" not in sub.obs
+    assert "deepbid" not in sub.uns and "deepbid_gene" not in sub.var
+
+
+def test_in_place_adds_keys_and_changes_nothing_else(small):
+    before = small.copy()
+    assert deepbid.integrate(small, "batch", n_clusters=3, **FAST) is None
+    assert "X_deepbid" in small.obsm
+    assert (small.X != before.X).nnz == 0
+    pd.testing.assert_frame_equal(small.obs.drop(columns="deepbid_cluster"), before.obs)
+
+
+def test_same_seed_same_result_and_save_load_roundtrip(small, tmp_path):
+    a = DeepBID(n_clusters=3, seed=7, **FAST).fit(small, "batch")
+    b = DeepBID(n_clusters=3, seed=7, **FAST).fit(small, "batch")
+    np.testing.assert_array_equal(a.latent(), b.latent())
+    np.testing.assert_array_equal(a.clusters(), b.clusters())
+    np.testing.assert_array_equal(a.denoised(), b.denoised())
+    a.save(tmp_path / "model.pt")
+    loaded = DeepBID.load(tmp_path / "model.pt", device="cpu")
+    np.testing.assert_allclose(loaded.latent(small), a.latent(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(loaded.clusters(small), a.clusters())
+
+
+def test_new_cells_need_known_batches_and_genes(small, tmp_path):
+    model = DeepBID(n_clusters=3, **FAST).fit(small, "batch")
+    other = small.copy()
+    other.obs["batch"] = "unseen"
+    with pytest.raises(InputError, match="not seen in training"):
+        model.latent(other)
+    with pytest.raises(InputError, match="genes are missing"):
+        model.latent(small[:, : small.n_vars // 2].copy())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_clusters=1), "n_clusters must be an integer >= 2"),
+        (dict(n_clusters=10_000), "more than the"),
+        (dict(device="tpu"), "device"),
+        (dict(device="cuda:0"), "CUDA"),
+    ],
+)
+def test_bad_settings(small, kwargs, message):
+    if kwargs.get("device") == "cuda:0":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is present")
+    with pytest.raises(InputError, match=message):
+        deepbid.integrate(small, "batch", copy=True, **{**FAST, **kwargs})

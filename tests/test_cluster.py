@@ -1,0 +1,74 @@
+import numpy as np
+import torch
+
+from deepbid import cluster, metrics
+
+
+def blobs(n_per=60, n_types=3, n_batches=2, dim=10, sep=6.0, shift=1.0, seed=0):
+    """Cell types as Gaussian blobs ``sep`` apart; each batch shifted by ``shift``."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(n_types, dim)) * sep
+    offsets = rng.normal(size=(n_batches, dim)) * shift
+    x, types, batches = [], [], []
+    for t in range(n_types):
+        for b in range(n_batches):
+            x.append(means[t] + offsets[b] + rng.normal(size=(n_per, dim)))
+            types += [t] * n_per
+            batches += [b] * n_per
+    return np.vstack(x).astype(np.float32), np.array(types), np.array(batches)
+
+
+def test_memberships_and_centres_follow_eq13_eq14():
+    h = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    c = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    p = cluster.memberships(h, c)
+    e5 = np.exp(-5.0)
+    np.testing.assert_allclose(p.numpy(), [[1 / (1 + e5), e5 / (1 + e5)], [e5 / (1 + e5), 1 / (1 + e5)]],
+                               rtol=1e-6)
+    np.testing.assert_allclose(cluster.centres(h, p).numpy(),
+                               (p.T @ h / p.sum(0)[:, None]).numpy(), rtol=1e-6)
+
+
+def test_fuzzy_kmeans_recovers_blobs():
+    x, types, _ = blobs()
+    h = torch.from_numpy(x)
+    rough = torch.nn.functional.one_hot(torch.from_numpy((types + (np.arange(len(types)) % 7 == 0))
+                                                         % 3)).float()
+    _, p, _ = cluster.fuzzy_kmeans(h, rough)
+    assert metrics.ari(types, p.argmax(1).numpy()) == 1.0
+
+
+def test_temperature_prevents_collapse_of_close_clusters():
+    # separable clusters, but scaled to lie ~2 units apart: eq. 14 at temperature 1
+    # is then nearly uniform and the fuzzy iteration collapses the centres
+    x, types, _ = blobs(sep=2.0, dim=10)
+    h = torch.from_numpy(x / 4)
+    labels = torch.from_numpy(types)
+    p0 = torch.nn.functional.one_hot(labels).float()
+    c_plain, p_plain, _ = cluster.fuzzy_kmeans(h, p0, 1.0, max_iter=200)
+    tau = cluster.calibrate_temperature(h, labels)
+    assert tau < 1.0
+    c_cal, p_cal, _ = cluster.fuzzy_kmeans(h, p0, tau, max_iter=200)
+    assert torch.cdist(c_cal, c_cal).max() > 5 * torch.cdist(c_plain, c_plain).max()
+    assert metrics.ari(types, p_cal.argmax(1).numpy()) > 0.9
+
+
+def test_temperature_is_one_for_separated_clusters():
+    x, types, _ = blobs(sep=10.0)
+    assert cluster.calibrate_temperature(torch.from_numpy(x), torch.from_numpy(types)) == 1.0
+
+
+def test_estimated_partition_finds_types_not_batches():
+    x, types, batches = blobs(n_types=4, shift=2.0, seed=3)
+    labels, report = cluster.estimate_partition(x, batches, seed=0)
+    assert labels.max() + 1 == 4
+    assert metrics.ari(types, labels) > 0.95
+    assert len(report["resolution"]) == len(cluster.RESOLUTIONS)
+
+
+def test_batch_balanced_graph_links_every_batch():
+    x, _, batches = blobs(shift=20.0)  # batches far apart
+    graph = cluster.batch_balanced_graph(x, batches, k=3)
+    cross = graph[batches == 0][:, batches == 1].sum(axis=1)
+    assert (np.asarray(cross).ravel() >= 3).all()
+    assert (graph != graph.T).nnz == 0
