@@ -8,8 +8,14 @@ from deepbid.datasets import mixology_3cl
 
 #: Small network and short schedule so that a full fit takes seconds on a CPU.
 FAST = dict(
-    latent_dim=16, hidden_dim=64, n_top_genes=300, layer_epochs=2, pretrain_epochs=4,
-    epochs=4, batch_size=64, progress=False,
+    latent_dim=16,
+    hidden_dim=64,
+    n_top_genes=300,
+    layer_epochs=2,
+    pretrain_epochs=4,
+    epochs=4,
+    batch_size=64,
+    progress=False,
 )
 
 

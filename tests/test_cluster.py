@@ -23,17 +23,20 @@ def test_memberships_and_centres_follow_eq13_eq14():
     c = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
     p = cluster.memberships(h, c)
     e5 = np.exp(-5.0)
-    np.testing.assert_allclose(p.numpy(), [[1 / (1 + e5), e5 / (1 + e5)], [e5 / (1 + e5), 1 / (1 + e5)]],
-                               rtol=1e-6)
-    np.testing.assert_allclose(cluster.centres(h, p).numpy(),
-                               (p.T @ h / p.sum(0)[:, None]).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        p.numpy(), [[1 / (1 + e5), e5 / (1 + e5)], [e5 / (1 + e5), 1 / (1 + e5)]], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        cluster.centres(h, p).numpy(), (p.T @ h / p.sum(0)[:, None]).numpy(), rtol=1e-6
+    )
 
 
 def test_fuzzy_kmeans_recovers_blobs():
     x, types, _ = blobs()
     h = torch.from_numpy(x)
-    rough = torch.nn.functional.one_hot(torch.from_numpy((types + (np.arange(len(types)) % 7 == 0))
-                                                         % 3)).float()
+    rough = torch.nn.functional.one_hot(
+        torch.from_numpy((types + (np.arange(len(types)) % 7 == 0)) % 3)
+    ).float()
     _, p, _ = cluster.fuzzy_kmeans(h, rough)
     assert metrics.ari(types, p.argmax(1).numpy()) == 1.0
 

@@ -73,6 +73,7 @@ def _set_value(value):
         x = adata.X.toarray()
         x[3, 4] = value
         adata.X = x
+
     return change
 
 
@@ -83,10 +84,19 @@ BAD = {
     "negative": (_set_value(-1.0), "negative values"),
     "one batch": (lambda a: a.obs.__setitem__("batch", "b1"), "single batch"),
     "missing batch labels": (
-        lambda a: a.obs.__setitem__("batch", a.obs["batch"].astype(object).where(
-            np.arange(a.n_obs) != 2, None)), "missing values"),
-    "duplicate cells": (lambda a: setattr(a, "obs_names", ["c"] * a.n_obs), "obs_names_make_unique"),
-    "duplicate genes": (lambda a: setattr(a, "var_names", ["g"] * a.n_vars), "var_names_make_unique"),
+        lambda a: a.obs.__setitem__(
+            "batch", a.obs["batch"].astype(object).where(np.arange(a.n_obs) != 2, None)
+        ),
+        "missing values",
+    ),
+    "duplicate cells": (
+        lambda a: setattr(a, "obs_names", ["c"] * a.n_obs),
+        "obs_names_make_unique",
+    ),
+    "duplicate genes": (
+        lambda a: setattr(a, "var_names", ["g"] * a.n_vars),
+        "var_names_make_unique",
+    ),
 }
 
 

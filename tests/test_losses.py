@@ -8,7 +8,9 @@ from deepbid import losses
 
 def test_nb_nll_matches_scipy():
     x, mu, theta = np.meshgrid(
-        [0, 1, 3, 10, 250, 5000], [1e-3, 0.5, 4.0, 100.0, 3000.0], [0.05, 1.0, 10.0, 1e4],
+        [0, 1, 3, 10, 250, 5000],
+        [1e-3, 0.5, 4.0, 100.0, 3000.0],
+        [0.05, 1.0, 10.0, 1e4],
         indexing="ij",
     )
     expected = -scipy.stats.nbinom.logpmf(x, theta, theta / (theta + mu))

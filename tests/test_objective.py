@@ -69,8 +69,9 @@ def test_training_lowers_loss_on_real_data(small):
     view = prepare(small, "batch", n_top_genes=300)
     torch.manual_seed(0)
     module = Autoencoder(view.n_genes, view.n_batches, hidden_dim=64, latent_dim=16)
-    settings = Settings(hidden_dim=64, latent_dim=16, batch_size=64, layer_epochs=1,
-                        pretrain_epochs=2, epochs=3)
+    settings = Settings(
+        hidden_dim=64, latent_dim=16, batch_size=64, layer_epochs=1, pretrain_epochs=2, epochs=3
+    )
     trainer = Trainer(module, settings, torch.device("cpu"), seed=0)
 
     class Bar:

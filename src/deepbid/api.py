@@ -78,8 +78,9 @@ def integrate(
     """
     if not isinstance(adata, ad.AnnData):
         raise InputError(f"expected an AnnData object, got {type(adata).__name__}")
-    model = DeepBID(n_clusters=n_clusters, seed=seed, device=device, progress=progress,
-                    **model_kwargs)
+    model = DeepBID(
+        n_clusters=n_clusters, seed=seed, device=device, progress=progress, **model_kwargs
+    )
     model.fit(adata, batch_key, layer=layer, genes=genes)
     target = adata.copy() if copy else adata
     write_results(target, model, key_added)
@@ -88,7 +89,7 @@ def integrate(
 
 def write_results(adata: ad.AnnData, model: DeepBID, key: str = "deepbid") -> None:
     """Write a model's results for its training cells into ``adata`` (see :data:`OUTPUT_KEYS`)."""
-    cells = model._train_view.cells
+    cells = model.train_view.cells
     n = adata.n_obs
 
     def full(values: np.ndarray) -> np.ndarray:
@@ -117,4 +118,3 @@ def write_results(adata: ad.AnnData, model: DeepBID, key: str = "deepbid") -> No
             for phase, terms in model.history.items()
         },
     }
-

@@ -3,118 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-import time
 import warnings
 from pathlib import Path
 
-import anndata as ad
-import numpy as np
 import pandas as pd
 
-from . import metrics, plotting
-from .api import write_results
 from .datasets import mixology_3cl
 from .errors import InputError, InputWarning, TrainingError
+from .evaluate import evaluate
+from .files import read_h5ad, write_atomically
 from .model import DeepBID
-
-
-def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
-    """Read an ``.h5ad`` file, turning every way it can fail into an :class:`InputError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"input file {str(path)!r} does not exist")
-    with open(path, "rb") as handle:
-        if handle.read(8) != b"\x89HDF\r\n\x1a\n":
-            raise InputError(f"{str(path)!r} is not an .h5ad (HDF5) file; convert it with anndata")
-    try:
-        return ad.read_h5ad(path)
-    except Exception as err:  # h5py and anndata raise many types for damaged files
-        raise InputError(f"cannot read {str(path)!r} as .h5ad (truncated or damaged?): {err}") from None
-
-
-def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> None:
-    """Write to a temporary file beside ``path``, then rename, so no half-written file remains."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        adata.write_h5ad(tmp, compression="gzip")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def run(
-    adata: ad.AnnData,
-    model: DeepBID,
-    batch_key: str,
-    *,
-    layer: str | None,
-    label_key: str | None,
-    figures: Path | None,
-) -> tuple[ad.AnnData, pd.DataFrame]:
-    """Fit ``model`` on a copy of ``adata``; score it against the unintegrated PCA; draw figures.
-
-    Returns
-    -------
-    The annotated copy and the metrics table (rows ``unintegrated PCA``, ``deepbid``).
-    """
-    if label_key is not None and label_key not in adata.obs.columns:
-        raise InputError(f"label_key {label_key!r} not found in adata.obs")
-    start = time.perf_counter()
-    model.fit(adata, batch_key, layer=layer)
-    seconds = time.perf_counter() - start
-    out = adata.copy()
-    write_results(out, model)
-    view = model._train_view
-    cells = view.cells
-    batch = out.obs[batch_key].astype(str).to_numpy()[cells]
-    labels = out.obs[label_key].astype(str).to_numpy()[cells] if label_key else None
-    before = plotting.log_pca(view.logx, seed=model.seed)
-    before_clusters = _leiden(before, model.seed)
-    after = out.obsm["X_deepbid"][cells]
-    clusters = out.obs["deepbid_cluster"].astype(str).to_numpy()[cells]
-    table = pd.DataFrame(
-        [
-            {"method": "unintegrated PCA + Leiden", "n_clusters": len(set(before_clusters)),
-             **metrics.scores(before, before_clusters, batch, labels)},
-            {"method": "deepbid", "n_clusters": len(set(clusters)),
-             **metrics.scores(after, clusters, batch, labels), "seconds": seconds},
-        ]
-    ).set_index("method")
-    if figures is not None:
-        figures.mkdir(parents=True, exist_ok=True)
-        colourings = {"batch": batch, "deepbid cluster": clusters}
-        if labels is not None:
-            colourings["label"] = labels
-        plotting.umap_panels(plotting.umap(before, model.seed), colourings,
-                             "before integration (PCA of log-normalised HVGs)",
-                             figures / "umap_before.png")
-        plotting.umap_panels(plotting.umap(after, model.seed), colourings,
-                             "after deepbid", figures / "umap_after.png")
-        plotting.loss_curves(model.history, figures / "loss_curves.png")
-    return out, table
-
-
-def _leiden(embedding: np.ndarray, seed: int) -> np.ndarray:
-    import scanpy as sc
-
-    holder = ad.AnnData(np.zeros((embedding.shape[0], 1), dtype=np.float32))
-    holder.obsm["X_rep"] = embedding
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sc.pp.neighbors(holder, use_rep="X_rep", random_state=seed)
-        sc.tl.leiden(holder, resolution=1.0, random_state=seed, flavor="igraph", n_iterations=-1)
-    return holder.obs["leiden"].astype(str).to_numpy()
 
 
 def _model_from(args: argparse.Namespace) -> DeepBID:
     return DeepBID(
-        n_clusters=args.n_clusters, seed=args.seed, device=args.device, epochs=args.epochs,
+        n_clusters=args.n_clusters,
+        seed=args.seed,
+        device=args.device,
+        epochs=args.epochs,
         progress=not args.quiet,
     )
 
@@ -133,9 +40,15 @@ def _integrate(args: argparse.Namespace) -> None:
         raise InputError(f"output folder {str(target.parent)!r} does not exist")
     model = _model_from(args)
     adata = read_h5ad(source)
-    out, table = run(adata, model, args.batch_key, layer=args.layer, label_key=args.label_key,
-                     figures=Path(args.figures) if args.figures else None)
-    write_h5ad(out, target)
+    out, table = evaluate(
+        adata,
+        model,
+        args.batch_key,
+        layer=args.layer,
+        label_key=args.label_key,
+        figures=Path(args.figures) if args.figures else None,
+    )
+    write_atomically(target, lambda tmp: out.write_h5ad(tmp, compression="gzip"))
     print(f"integrated AnnData: {target}")
     _report(table, Path(args.metrics) if args.metrics else target.with_suffix(".metrics.csv"))
 
@@ -145,22 +58,37 @@ def _demo(args: argparse.Namespace) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     print("deepbid demo: CellBench sc_mixology, 499 cells, 3 cell lines, CEL-seq2 + Drop-seq")
     model = _model_from(args)
-    out, table = run(mixology_3cl(), model, "batch", layer=None, label_key="cell_type",
-                     figures=outdir)
-    write_h5ad(out, outdir / "demo.h5ad")
+    out, table = evaluate(
+        mixology_3cl(), model, "batch", layer=None, label_key="cell_type", figures=outdir
+    )
+    write_atomically(outdir / "demo.h5ad", lambda tmp: out.write_h5ad(tmp, compression="gzip"))
     print(f"integrated AnnData: {outdir / 'demo.h5ad'}; figures: {outdir}/*.png")
     _report(table, outdir / "metrics.csv")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n-clusters", type=int, default=None, metavar="K",
-                        help="number of clusters; default: estimated from the data")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="random seed; the same seed gives the same result (default 0)")
-    parser.add_argument("--device", default="auto",
-                        help="'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'")
-    parser.add_argument("--epochs", type=int, default=20,
-                        help="epochs of the clustering phase (default 20, as the paper)")
+    parser.add_argument(
+        "--n-clusters",
+        type=int,
+        default=None,
+        metavar="K",
+        help="number of clusters; default: estimated from the data",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed; the same seed gives the same result (default 0)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=20,
+        help="epochs of the clustering phase (default 20, as the paper)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -171,27 +99,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     integrate = sub.add_parser(
-        "integrate", help="integrate the batches of an .h5ad file",
+        "integrate",
+        help="integrate the batches of an .h5ad file",
         description="Integrate IN.h5ad (raw counts) and write OUT.h5ad with obsm['X_deepbid'], "
         "obs['deepbid_cluster'], obsm['deepbid_membership'], obsm['deepbid_denoised'] and "
         "uns['deepbid']; print a metrics table and optionally draw figures.",
     )
     integrate.add_argument("input", help="input .h5ad with raw counts (never modified)")
     integrate.add_argument("-o", "--output", required=True, help="output .h5ad (not the input)")
-    integrate.add_argument("--batch-key", default="batch",
-                           help="obs column with each cell's batch (default 'batch')")
-    integrate.add_argument("--label-key", default=None,
-                           help="obs column with known cell types: adds ARI, NMI and cLISI")
-    integrate.add_argument("--layer", default=None,
-                           help="layer holding raw counts (default: X)")
-    integrate.add_argument("--figures", default=None, metavar="DIR",
-                           help="write UMAPs before/after and loss curves as PNGs here")
-    integrate.add_argument("--metrics", default=None, metavar="CSV",
-                           help="metrics table path (default: OUT with suffix .metrics.csv)")
+    integrate.add_argument(
+        "--batch-key", default="batch", help="obs column with each cell's batch (default 'batch')"
+    )
+    integrate.add_argument(
+        "--label-key",
+        default=None,
+        help="obs column with known cell types: adds ARI, NMI and cLISI",
+    )
+    integrate.add_argument("--layer", default=None, help="layer holding raw counts (default: X)")
+    integrate.add_argument(
+        "--figures",
+        default=None,
+        metavar="DIR",
+        help="write UMAPs before/after and loss curves as PNGs here",
+    )
+    integrate.add_argument(
+        "--metrics",
+        default=None,
+        metavar="CSV",
+        help="metrics table path (default: OUT with suffix .metrics.csv)",
+    )
     _common(integrate)
     integrate.set_defaults(func=_integrate)
     demo = sub.add_parser(
-        "demo", help="integrate the bundled CellBench dataset and draw figures",
+        "demo",
+        help="integrate the bundled CellBench dataset and draw figures",
         description="Run deepbid on the bundled CellBench sc_mixology data (3 cell lines, "
         "2 protocols): writes demo.h5ad, metrics.csv and PNG figures to OUTDIR.",
     )

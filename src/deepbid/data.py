@@ -114,9 +114,13 @@ def _check_anndata(adata: object) -> ad.AnnData:
             "check the file or the filtering that produced it"
         )
     if not adata.obs_names.is_unique:
-        raise InputError("cell names (obs_names) are not unique; call adata.obs_names_make_unique()")
+        raise InputError(
+            "cell names (obs_names) are not unique; call adata.obs_names_make_unique()"
+        )
     if not adata.var_names.is_unique:
-        raise InputError("gene names (var_names) are not unique; call adata.var_names_make_unique()")
+        raise InputError(
+            "gene names (var_names) are not unique; call adata.var_names_make_unique()"
+        )
     return adata
 
 
@@ -215,7 +219,9 @@ def _select_genes(
         n_top = min(n_top_genes, int(detected.sum()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hvg = sc.pp.highly_variable_genes(sub, n_top_genes=n_top, flavor="seurat", inplace=False)
+            hvg = sc.pp.highly_variable_genes(
+                sub, n_top_genes=n_top, flavor="seurat", inplace=False
+            )
         selected[np.flatnonzero(detected)[hvg["highly_variable"].to_numpy()]] = True
     return selected
 
@@ -313,7 +319,11 @@ def _check_batches(batch_key: str, categories: list[str], present: np.ndarray) -
             f"adata.obs[{batch_key!r}] has a single batch ({categories[0]!r}); integration "
             "needs at least two. Check batch_key, or cluster a single batch with scanpy."
         )
-    small = [f"{c!r} ({n} cells)" for c, n in zip(categories, present) if n < MIN_CELLS_PER_BATCH]
+    small = [
+        f"{c!r} ({n} cells)"
+        for c, n in zip(categories, present, strict=True)
+        if n < MIN_CELLS_PER_BATCH
+    ]
     if small:
         raise InputError(
             f"batches with fewer than {MIN_CELLS_PER_BATCH} cells: {', '.join(small)}; "
@@ -364,7 +374,9 @@ def prepare_like(
     matrix = _as_csr(get_matrix(adata, layer))
     where = f"adata.layers[{layer!r}]" if layer else "adata.X"
     if check_values(matrix, where) != is_counts and is_counts:
-        raise InputError(f"the model was trained on raw counts but {where} holds non-integer values")
+        raise InputError(
+            f"the model was trained on raw counts but {where} holds non-integer values"
+        )
     library = np.asarray(matrix.sum(axis=1)).ravel()
     cells = library > 0
     if not cells.any():

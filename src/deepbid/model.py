@@ -1,10 +1,10 @@
-"""The model: settings plus a trained network, with fit / latent / clusters / denoised / save / load."""
+"""The model: settings and a trained network; fit, latent, clusters, denoised, save, load."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
+import pickle
 from collections.abc import Sequence
 
 import anndata as ad
@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from . import cluster
 from .data import DataView, prepare, prepare_like
 from .errors import InputError
+from .files import write_atomically
 from .module import Autoencoder
 from .train import Settings, Trainer, denoise, embed
 
@@ -31,7 +32,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise InputError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for but CUDA is not available; use 'auto' or 'cpu'")
+        raise InputError(
+            f"device {device!r} asked for but CUDA is not available; use 'auto' or 'cpu'"
+        )
     if resolved.type not in ("cpu", "cuda"):
         raise InputError(f"device {device!r} is not supported; use 'auto', 'cpu' or 'cuda'")
     return resolved
@@ -68,6 +71,12 @@ class DeepBID:
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     progress
         Show a progress bar.
+
+    Attributes
+    ----------
+    train_view
+        The :class:`~deepbid.data.DataView` of the training cells after :meth:`fit`
+        (``None`` for a loaded model): genes used, batches, cells kept.
     """
 
     def __init__(
@@ -85,26 +94,39 @@ class DeepBID:
         lambda1: float | None = None,
         lambda2: float | None = None,
         kappa1: float = 0.01,
-        kappa2: float = 100.0,
+        kappa2: float = 1.0,
         conditional_decoder: bool = True,
         seed: int = 0,
         device: str = "auto",
         progress: bool = True,
     ) -> None:
-        if n_clusters is not None and (not isinstance(n_clusters, (int, np.integer)) or n_clusters < 2):
-            raise InputError(f"n_clusters must be an integer >= 2 or None (estimate it), got {n_clusters!r}")
+        if n_clusters is not None and (
+            not isinstance(n_clusters, (int, np.integer)) or n_clusters < 2
+        ):
+            raise InputError(
+                f"n_clusters must be an integer >= 2 or None (estimate it), got {n_clusters!r}"
+            )
         self.n_clusters = n_clusters
         self.n_top_genes = n_top_genes
         self.seed = seed
         self.device = resolve_device(device)
         self.progress = progress
         self._options = dict(
-            hidden_dim=hidden_dim, latent_dim=latent_dim, conditional_decoder=conditional_decoder,
-            batch_size=batch_size, lr=lr, layer_epochs=layer_epochs,
-            pretrain_epochs=pretrain_epochs, epochs=epochs, kappa1=kappa1, kappa2=kappa2,
+            hidden_dim=hidden_dim,
+            latent_dim=latent_dim,
+            conditional_decoder=conditional_decoder,
+            batch_size=batch_size,
+            lr=lr,
+            layer_epochs=layer_epochs,
+            pretrain_epochs=pretrain_epochs,
+            epochs=epochs,
+            kappa1=kappa1,
+            kappa2=kappa2,
         )
         self._lambdas = (lambda1, lambda2)
         self.module: Autoencoder | None = None
+        self.train_view: DataView | None = None
+        self._train_p: np.ndarray | None = None
 
     # -- training ------------------------------------------------------------------
 
@@ -134,8 +156,11 @@ class DeepBID:
         )
         torch.manual_seed(self.seed)
         self.module = Autoencoder(
-            view.n_genes, view.n_batches, self.settings.hidden_dim,
-            self.settings.latent_dim, self.settings.conditional_decoder,
+            view.n_genes,
+            view.n_batches,
+            self.settings.hidden_dim,
+            self.settings.latent_dim,
+            self.settings.conditional_decoder,
         ).to(self.device)
         trainer = Trainer(self.module, self.settings, self.device, self.seed)
         s = self.settings
@@ -153,7 +178,7 @@ class DeepBID:
         self.is_counts = view.is_counts
         self.median_library = view.median_library
         self.batch_key, self.layer = batch_key, layer
-        self._train_view, self._train_p = view, p.cpu().numpy()
+        self.train_view, self._train_p = view, p.cpu().numpy()
         return self
 
     # -- results ---------------------------------------------------------------------
@@ -165,12 +190,17 @@ class DeepBID:
     def _view(self, adata: ad.AnnData | None) -> DataView:
         self._check_fitted()
         if adata is None:
-            if getattr(self, "_train_view", None) is None:
+            if self.train_view is None:
                 raise InputError("a loaded model needs the cells to work on: pass adata")
-            return self._train_view
+            return self.train_view
         return prepare_like(
-            adata, self.batch_key, self.genes, self.batch_categories, self.is_counts,
-            layer=self.layer, reference_median=self.median_library,
+            adata,
+            self.batch_key,
+            self.genes,
+            self.batch_categories,
+            self.is_counts,
+            layer=self.layer,
+            reference_median=self.median_library,
         )
 
     def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
@@ -181,7 +211,7 @@ class DeepBID:
 
     def membership(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Soft cluster assignments ``P`` ``(n_cells, K)``, eq. (14)."""
-        if adata is None and getattr(self, "_train_p", None) is not None:
+        if adata is None and self._train_p is not None:
             return self._train_p
         h = torch.from_numpy(self.latent(adata))
         return cluster.memberships(h, self.centres, self.temperature).numpy()
@@ -216,33 +246,32 @@ class DeepBID:
             "n_top_genes": self.n_top_genes,
             "history": self.history,
         }
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomically(path, lambda tmp: torch.save(state, tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> DeepBID:
         """Read a model written by :meth:`save`."""
         try:
             state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as err:
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
             raise InputError(f"cannot read a deepbid model from {path}: {err}") from None
+        if not isinstance(state, dict) or state.get("format") != 1:
+            raise InputError(f"cannot read a deepbid model from {path}: not written by save()")
         settings = Settings(**state["settings"])
         model = cls(
-            n_clusters=int(state["centres"].shape[0]), seed=state["seed"], device=device,
+            n_clusters=int(state["centres"].shape[0]),
+            seed=state["seed"],
+            device=device,
             n_top_genes=state["n_top_genes"],
             progress=False,
         )
         model.settings = settings
         model.module = Autoencoder(
-            len(state["genes"]), len(state["batch_categories"]), settings.hidden_dim,
-            settings.latent_dim, settings.conditional_decoder,
+            len(state["genes"]),
+            len(state["batch_categories"]),
+            settings.hidden_dim,
+            settings.latent_dim,
+            settings.conditional_decoder,
         ).to(model.device)
         model.module.load_state_dict(state["state_dict"])
         model.centres, model.temperature = state["centres"], state["temperature"]
@@ -250,7 +279,6 @@ class DeepBID:
         model.is_counts, model.median_library = state["is_counts"], state["median_library"]
         model.batch_key, model.layer = state["batch_key"], state["layer"]
         model.history = state["history"]
-        model._train_view = model._train_p = None
         return model
 
     def settings_dict(self) -> dict:
@@ -267,4 +295,3 @@ class DeepBID:
             "layer": self.layer,
             "is_counts": self.is_counts,
         }
-

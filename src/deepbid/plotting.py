@@ -42,14 +42,16 @@ def _scatter(ax: plt.Axes, xy: np.ndarray, values: np.ndarray, title: str) -> No
     colours = plt.get_cmap("tab20" if len(categories) > 10 else "tab10")
     for i, category in enumerate(categories):
         members = ok & (values.astype(str) == category)
-        ax.scatter(*xy[members].T, s=4, color=colours(i % colours.N), label=category,
-                   rasterized=True)
+        ax.scatter(
+            *xy[members].T, s=4, color=colours(i % colours.N), label=category, rasterized=True
+        )
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
     if len(categories) <= 20:
-        ax.legend(markerscale=3, fontsize=7, frameon=False, loc="center left",
-                  bbox_to_anchor=(1.0, 0.5))
+        ax.legend(
+            markerscale=3, fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5)
+        )
 
 
 def umap_panels(
@@ -57,7 +59,7 @@ def umap_panels(
 ) -> Path:
     """One PNG of ``(n, 2)`` coordinates, one panel per named colouring."""
     fig, axes = plt.subplots(1, len(colourings), figsize=(5.2 * len(colourings), 4.2))
-    for ax, (name, values) in zip(np.atleast_1d(axes), colourings.items()):
+    for ax, (name, values) in zip(np.atleast_1d(axes), colourings.items(), strict=True):
         _scatter(ax, xy, np.asarray(values), name)
     fig.suptitle(title)
     fig.tight_layout()
@@ -77,12 +79,12 @@ def loss_curves(history: dict[str, dict[str, list[float]]], path: str | os.PathL
     n_cols = 4
     n_rows = -(-len(panels) // n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.4 * n_cols, 2.6 * n_rows), squeeze=False)
-    for ax, (phase, term, values) in zip(axes.ravel(), panels):
+    for ax, (phase, term, values) in zip(axes.ravel(), panels, strict=False):
         ax.plot(np.arange(1, len(values) + 1), values, marker=".")
         ax.set_title(f"{phase}: {term}", fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(panels):]:
+    for ax in axes.ravel()[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

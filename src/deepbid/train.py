@@ -33,7 +33,7 @@ class Settings:
     lambda1: float = 5.0
     lambda2: float = 0.01
     kappa1: float = 0.01
-    kappa2: float = 100.0
+    kappa2: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,8 +148,8 @@ class Trainer:
     def cluster(
         self, view: DataView, labels: np.ndarray, bar: tqdm
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Optimise eq. (11) from the hard starting ``labels``; re-estimate ``C`` and
-        ``P`` (eq. 13-14, to stability) after every epoch.
+        """Optimise eq. (11) from the hard starting ``labels``; re-estimate the
+        temperature, ``C`` and ``P`` (eq. 13-14, to stability) after every epoch.
 
         Returns
         -------
@@ -157,35 +157,45 @@ class Trainer:
         """
         m, s = self.module, self.settings
         h = embed(m, view, self.device)
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        self.temperature = cluster.calibrate_temperature(h, labels)
-        tau = self.temperature
-        p0 = torch.nn.functional.one_hot(labels).to(h.dtype)
-        state = dict(zip(("centres", "p", "iterations"), cluster.fuzzy_kmeans(h, p0, tau)))
+        p0 = torch.nn.functional.one_hot(
+            torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        ).to(h.dtype)
+        state: dict = {"p": p0}
+
+        def reestimate(h: torch.Tensor) -> int:
+            # the latent scale drifts during training: recalibrate eq. 14's
+            # temperature on the current partition each time, or centres collapse
+            state["tau"] = cluster.calibrate_temperature(h, state["p"].argmax(dim=1))
+            state["centres"], state["p"], iterations = cluster.fuzzy_kmeans(
+                h, state["p"], state["tau"]
+            )
+            return iterations
+
+        reestimate(h)
 
         def step(x, counts, sf, batch, idx):
             out = m(x, batch, sf)
             h, c = out["h"], state["centres"]
+            p_live = cluster.memberships(h, c, state["tau"])
             return {
                 "nb": losses.nb_loss(counts, out["mu"], out["theta"]),
                 "kmeans": s.lambda1 * losses.adaptive_kmeans(h, c, state["p"][idx]),
                 "weights": s.lambda2 * losses.weight_penalty(m),
                 "kl_within": s.kappa1 * losses.kl_within_batch(h, batch),
-                "kl_mix": s.kappa2
-                * losses.kl_batch_mix(cluster.memberships(h, c, tau), batch, view.n_batches),
+                "kl_mix": s.kappa2 * losses.kl_batch_mix(p_live, batch, view.n_batches),
             }
 
         def update() -> dict[str, float]:
             old = state["p"]
-            state["centres"], state["p"], iterations = cluster.fuzzy_kmeans(
-                embed(m, view, self.device), old, tau
-            )
+            iterations = reestimate(embed(m, view, self.device))
             return {
                 "membership_change": (state["p"] - old).abs().sum(dim=1).mean().item() / 2,
                 "fuzzy_iterations": float(iterations),
+                "temperature": state["tau"],
             }
 
         self._epochs(view, "cluster", s.epochs, m.parameters(), step, bar, update)
+        self.temperature = state["tau"]
         return state["centres"], state["p"]
 
 
