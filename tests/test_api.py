@@ -51,12 +51,32 @@ def test_copy_leaves_input_untouched(fitted):
     assert "deepbid" not in sub.uns and "deepbid_gene" not in sub.var
 
 
+def _snapshot(adata):
+    return {
+        "X": adata.X.copy(),
+        "obs": adata.obs.copy(),
+        "var": adata.var.copy(),
+        "obsm": {k: np.array(v) for k, v in adata.obsm.items()},
+        "layers": {k: v.copy() for k, v in adata.layers.items()},
+        "uns": set(adata.uns.keys()),
+    }
+
+
 def test_in_place_adds_keys_and_changes_nothing_else(small):
-    before = small.copy()
+    small.layers["counts"] = small.X.copy()
+    small.obsm["X_pca"] = np.random.default_rng(0).normal(size=(small.n_obs, 5))
+    small.uns["note_kept"] = "x"
+    before = _snapshot(small)
     assert deepbid.integrate(small, "batch", n_clusters=3, **FAST) is None
-    assert "X_deepbid" in small.obsm
-    assert (small.X != before.X).nnz == 0
-    pd.testing.assert_frame_equal(small.obs.drop(columns="deepbid_cluster"), before.obs)
+    after = _snapshot(small)
+    assert (after["X"] != before["X"]).nnz == 0
+    assert (after["layers"]["counts"] != before["layers"]["counts"]).nnz == 0
+    np.testing.assert_array_equal(after["obsm"]["X_pca"], before["obsm"]["X_pca"])
+    pd.testing.assert_frame_equal(after["obs"].drop(columns="deepbid_cluster"), before["obs"])
+    pd.testing.assert_frame_equal(after["var"].drop(columns="deepbid_gene"), before["var"])
+    added = {"X_deepbid", "deepbid_membership", "deepbid_denoised"}
+    assert set(after["obsm"]) == set(before["obsm"]) | added
+    assert after["uns"] == before["uns"] | {"deepbid"}
 
 
 def test_same_seed_same_result_and_save_load_roundtrip(small, tmp_path):

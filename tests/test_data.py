@@ -129,3 +129,12 @@ def test_missing_layer_empty_and_not_anndata(small):
     all_zero.obs["batch"] = ["a"] * 10 + ["b"] * 10
     with pytest.raises(InputError, match="zero counts"), pytest.warns(InputWarning):
         prepare(all_zero, "batch")
+
+
+def test_genes_without_counts_are_never_selected(small):
+    adata = small.copy()
+    x = adata.X.tolil()
+    x[:, :25] = 0
+    adata.X = x.tocsr()
+    view = prepare(adata, "batch", n_top_genes=2000)
+    assert not set(view.genes) & set(adata.var_names[:25])

@@ -53,6 +53,21 @@ def test_saved_model_gives_same_embedding_in_fresh_process(small, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "latent.npy"), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_interrupted_write_leaves_no_file(tmp_path):
+    from deepbid.files import write_atomically
+
+    target = tmp_path / "out.h5ad"
+
+    def dies_half_way(tmp):
+        with open(tmp, "wb") as handle:
+            handle.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(target, dies_half_way)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_load_rejects_a_file_that_is_not_a_model(tmp_path):
     path = tmp_path / "model.pt"
     path.write_bytes(b"not a model")
