@@ -7,6 +7,7 @@
 from . import datasets, metrics
 from .api import OUTPUT_KEYS, integrate
 from .errors import InputError, InputWarning, TrainingError
+from .markers import markers
 from .model import DeepBID
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "TrainingError",
     "datasets",
     "integrate",
+    "markers",
     "metrics",
 ]
 __version__ = "0.1.0"

@@ -7,13 +7,14 @@ import sys
 import warnings
 from pathlib import Path
 
-import pandas as pd
+import anndata as ad
 
 from .datasets import mixology_3cl
 from .errors import InputError, InputWarning, TrainingError
 from .evaluate import evaluate
 from .files import read_h5ad, write_atomically
 from .model import DeepBID
+from .report import write_report
 
 
 def _model_from(args: argparse.Namespace) -> DeepBID:
@@ -26,10 +27,33 @@ def _model_from(args: argparse.Namespace) -> DeepBID:
     )
 
 
-def _report(table: pd.DataFrame, path: Path) -> None:
+def _run(
+    adata: ad.AnnData,
+    args: argparse.Namespace,
+    *,
+    output: Path,
+    figures: Path | None,
+    report: Path | None,
+    metrics: Path,
+) -> None:
+    """Integrate, draw, report, then write the h5ad and the metrics table."""
+    model = _model_from(args)
+    figures = figures or report
+    out, table = evaluate(
+        adata, model, args.batch_key, layer=args.layer, label_key=args.label_key, figures=figures
+    )
+    if report is not None:
+        page = write_report(
+            report, out, model, table, batch_key=args.batch_key, label_key=args.label_key
+        )
+        print(f"report: {page}")
+    write_atomically(output, lambda tmp: out.write_h5ad(tmp, compression="gzip"))
+    print(f"integrated AnnData: {output}")
+    if figures is not None:
+        print(f"figures: {figures}/*.png")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    table.to_csv(path)
-    print(f"metrics table: {path}")
+    table.to_csv(metrics)
+    print(f"metrics table: {metrics}")
 
 
 def _integrate(args: argparse.Namespace) -> None:
@@ -38,32 +62,30 @@ def _integrate(args: argparse.Namespace) -> None:
         raise InputError("the output path is the input file; deepbid never overwrites its input")
     if not target.parent.is_dir():
         raise InputError(f"output folder {str(target.parent)!r} does not exist")
-    model = _model_from(args)
     adata = read_h5ad(source)
-    out, table = evaluate(
+    _run(
         adata,
-        model,
-        args.batch_key,
-        layer=args.layer,
-        label_key=args.label_key,
+        args,
+        output=target,
         figures=Path(args.figures) if args.figures else None,
+        report=Path(args.report) if args.report else None,
+        metrics=Path(args.metrics) if args.metrics else target.with_suffix(".metrics.csv"),
     )
-    write_atomically(target, lambda tmp: out.write_h5ad(tmp, compression="gzip"))
-    print(f"integrated AnnData: {target}")
-    _report(table, Path(args.metrics) if args.metrics else target.with_suffix(".metrics.csv"))
 
 
 def _demo(args: argparse.Namespace) -> None:
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     print("deepbid demo: CellBench sc_mixology, 499 cells, 3 cell lines, CEL-seq2 + Drop-seq")
-    model = _model_from(args)
-    out, table = evaluate(
-        mixology_3cl(), model, "batch", layer=None, label_key="cell_type", figures=outdir
+    args.batch_key, args.label_key, args.layer = "batch", "cell_type", None
+    _run(
+        mixology_3cl(),
+        args,
+        output=outdir / "demo.h5ad",
+        figures=outdir,
+        report=outdir,
+        metrics=outdir / "metrics.csv",
     )
-    write_atomically(outdir / "demo.h5ad", lambda tmp: out.write_h5ad(tmp, compression="gzip"))
-    print(f"integrated AnnData: {outdir / 'demo.h5ad'}; figures: {outdir}/*.png")
-    _report(table, outdir / "metrics.csv")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="write UMAPs before/after and loss curves as PNGs here",
+    )
+    integrate.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="write report.html here: one self-contained page with settings, metrics, "
+        "UMAPs, loss curves, cluster composition and marker genes",
     )
     integrate.add_argument(
         "--metrics",

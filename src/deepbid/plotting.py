@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # figures are files; never open a window
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import scanpy as sc  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
@@ -89,4 +90,50 @@ def loss_curves(history: dict[str, dict[str, list[float]]], path: str | os.PathL
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return Path(path)
+
+
+def composition(clusters: np.ndarray, batch: np.ndarray, path: str | os.PathLike) -> Path:
+    """One PNG: per cluster, a stacked bar of the share of each batch, with cell counts."""
+    table = pd.crosstab(pd.Series(clusters, name="cluster"), pd.Series(batch, name="batch"))
+    table = table.loc[sorted(table.index, key=lambda v: (len(str(v)), str(v)))]
+    shares = table.div(table.sum(axis=1), axis=0)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(table) + 2.5), 3.6))
+    bottom = np.zeros(len(shares))
+    colours = plt.get_cmap("tab10")
+    for i, name in enumerate(shares.columns):
+        ax.bar(
+            shares.index.astype(str),
+            shares[name],
+            bottom=bottom,
+            label=str(name),
+            color=colours(i % colours.N),
+        )
+        bottom += shares[name].to_numpy()
+    for x, n in enumerate(table.sum(axis=1)):
+        ax.text(x, 1.01, str(n), ha="center", va="bottom", fontsize=7)
+    ax.set_xlabel("deepbid cluster")
+    ax.set_ylabel("share of cells")
+    ax.set_ylim(0, 1.1)
+    ax.legend(
+        title="batch", fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5)
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def marker_dotplot(
+    lognorm: ad.AnnData, groupby: str, path: str | os.PathLike, n_genes: int = 4
+) -> Path:
+    """One PNG: scanpy's dot plot of the top ``n_genes`` markers of each group, from the
+    ranking in ``lognorm.uns["rank_genes_groups"]``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plot = sc.pl.rank_genes_groups_dotplot(
+            lognorm, groupby=groupby, n_genes=n_genes, dendrogram=False, show=False, return_fig=True
+        )
+        plot.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close("all")
     return Path(path)

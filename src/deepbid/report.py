@@ -1,0 +1,97 @@
+"""A one-page, self-contained HTML report of a finished integration."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import anndata as ad
+import pandas as pd
+
+from . import plotting
+from .markers import log_normalised, markers
+from .model import DeepBID
+
+#: Figures of the report, in order, with their captions.
+FIGURES = {
+    "umap_before.png": "UMAP before integration (PCA of the log-normalised genes used)",
+    "umap_after.png": "UMAP of the deepbid embedding",
+    "composition.png": "Batch composition of each cluster (cell counts above the bars)",
+    "markers_dotplot.png": "Top marker genes per cluster (Wilcoxon, one vs rest)",
+    "loss_curves.png": "Per-epoch mean of every loss term, each training phase",
+}
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def write_report(
+    directory: str | Path,
+    adata: ad.AnnData,
+    model: DeepBID,
+    metrics: pd.DataFrame,
+    *,
+    batch_key: str,
+    label_key: str | None = None,
+) -> Path:
+    """Write ``report.html`` (figures embedded) into ``directory``.
+
+    ``adata`` is the annotated result of :func:`deepbid.integrate` (marker genes
+    are added to it); ``directory`` must already hold ``umap_before.png``,
+    ``umap_after.png`` and ``loss_curves.png`` (as drawn by :func:`deepbid.evaluate.evaluate`).
+
+    Returns
+    -------
+    The path of the page.
+    """
+    directory = Path(directory)
+    kept = adata.obs["deepbid_cluster"].notna().to_numpy()
+    plotting.composition(
+        adata.obs["deepbid_cluster"].astype(str).to_numpy()[kept],
+        adata.obs[batch_key].astype(str).to_numpy()[kept],
+        directory / "composition.png",
+    )
+    comparison = markers(adata, label_key=label_key, layer=model.layer)
+    lognorm = log_normalised(adata[kept], model.layer)
+    lognorm.obs["deepbid_cluster"] = lognorm.obs["deepbid_cluster"].astype(str).astype("category")
+    lognorm.uns["rank_genes_groups"] = adata.uns["rank_genes_groups"]
+    plotting.marker_dotplot(lognorm, "deepbid_cluster", directory / "markers_dotplot.png")
+
+    settings = pd.Series(model.settings_dict(), name="value").to_frame()
+    batches = html.escape(", ".join(model.batch_categories))
+    sections = [
+        "<h1>deepbid report</h1>",
+        f"<p>{adata.n_obs} cells, {len(model.genes)} genes used, "
+        f"{len(model.batch_categories)} batches ({batches}), "
+        f"{model.centres.shape[0]} clusters.</p>",
+        "<h2>Metrics</h2>",
+        metrics.to_html(float_format=lambda v: f"{v:.3f}", na_rep=""),
+        "<h2>Figures</h2>",
+        *(_img(directory / name, caption) for name, caption in FIGURES.items()),
+    ]
+    if comparison is not None:
+        sections += [
+            f"<h2>Clusters against {html.escape(label_key)}</h2>",
+            "<h3>Contingency table</h3>",
+            adata.uns["deepbid_contingency"].to_html(),
+            "<h3>One-to-one matching and marker genes</h3>",
+            comparison.to_html(),
+        ]
+    sections += ["<h2>Settings</h2>", settings.to_html()]
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>deepbid report</title>"
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
+        "img{max-width:100%}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
+        + "\n".join(sections)
+        + "</body></html>"
+    )
+    path = directory / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,92 @@
+"""Marker genes, the cluster-to-reference comparison, and the HTML report.
+
+The report is checked by parsing its HTML (no browser is installed in CI): every
+figure must be an embedded PNG that decodes.
+"""
+
+import base64
+import html.parser
+
+import anndata as ad
+import pandas as pd
+import pytest
+import scanpy as sc
+
+from deepbid.cli import main
+from deepbid.markers import compare, markers
+from deepbid.report import FIGURES
+
+
+def test_compare_matches_one_to_one_and_splits_markers():
+    contingency = pd.DataFrame(
+        [[50, 2, 0], [3, 40, 1], [0, 30, 5], [1, 0, 20]],
+        index=["0", "1", "2", "3"],
+        columns=["A", "B", "C"],
+    )
+    ours = {"0": ["g1", "g2"], "1": ["g3", "g9"], "2": ["g4"], "3": ["g5", "g6"]}
+    theirs = {"A": ["g1", "g7"], "B": ["g3"], "C": ["g6"]}
+    table = compare(contingency, ours, theirs)
+    assert table["matched_label"].to_dict() == {"0": "A", "1": "B", "2": "", "3": "C"}
+    assert table.loc["1", "shared_markers"] == "g3" and table.loc["1", "new_markers"] == "g9"
+    assert table.loc["2", "matched_cells"] == 0 and table.loc["3", "shared_markers"] == "g6"
+
+
+def test_markers_of_cell_lines_are_found_and_plottable(small):
+    small.obs["cluster"] = small.obs["cell_type"].astype(str).astype("category")
+    table = markers(small, "cluster", label_key="cell_type", n_genes=20)
+    # clusters equal to the labels: each matches its own line and shares all its markers
+    assert (table.index == table["matched_label"]).all()
+    assert (table["new_markers"] == "").all()
+    # EGFR is amplified in HCC827 (CellBench): it must rank among that line's markers
+    names = pd.DataFrame(small.uns["rank_genes_groups"]["names"])
+    assert "EGFR" in list(names["HCC827"][:50])
+    sc.pl.rank_genes_groups(small, n_genes=5, show=False)  # scanpy finds the ranking
+
+
+class _Images(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources, self.headings, self._in_h = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+        self._in_h = tag in ("h1", "h2", "h3")
+
+    def handle_data(self, data):
+        if self._in_h:
+            self.headings.append(data)
+            self._in_h = False
+
+
+@pytest.mark.parametrize("label", [True, False])
+def test_report_page_embeds_every_figure(small, tmp_path, label):
+    source = tmp_path / "in.h5ad"
+    small.write_h5ad(source)
+    argv = [
+        "integrate",
+        str(source),
+        "-o",
+        str(tmp_path / "out.h5ad"),
+        "--report",
+        str(tmp_path / "report"),
+        "--n-clusters",
+        "3",
+        "--epochs",
+        "3",
+        "--quiet",
+    ]
+    assert main(argv + (["--label-key", "cell_type"] if label else [])) == 0
+    parser = _Images()
+    parser.feed((tmp_path / "report" / "report.html").read_text())
+    assert len(parser.sources) == len(FIGURES)
+    for src in parser.sources:
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        png = base64.b64decode(src[len(prefix) :])
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert "Metrics" in parser.headings and "Settings" in parser.headings
+    assert ("Clusters against cell_type" in parser.headings) == label
+    out = ad.read_h5ad(tmp_path / "out.h5ad")
+    assert "rank_genes_groups" in out.uns
+    assert ("deepbid_markers" in out.uns) == label
