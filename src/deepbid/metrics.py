@@ -77,3 +77,37 @@ def scores(
             "clisi_median": float(np.median(lisi(embedding, labels))),
         }
     return out
+
+
+def batch_asw(x: np.ndarray, batch: np.ndarray, labels: np.ndarray) -> float:
+    """Batch average silhouette width (scib's definition), in [0, 1], 1 = well mixed.
+
+    Within each cell type, the silhouette of the batch labels is computed for each
+    cell, turned into ``1 - |s|`` and averaged over the cells of the type; the result
+    is the mean over cell types present in more than one batch.
+    """
+    from sklearn.metrics import silhouette_samples
+
+    per_type = []
+    for label in np.unique(labels):
+        members = labels == label
+        if np.unique(batch[members]).size < 2 or members.sum() < 3:
+            continue
+        s = silhouette_samples(x[members], batch[members])
+        per_type.append(float(np.mean(1.0 - np.abs(s))))
+    return float(np.mean(per_type)) if per_type else float("nan")
+
+
+def graph_connectivity(x: np.ndarray, labels: np.ndarray, n_neighbors: int = 15) -> float:
+    """Mean over cell types of the share of a type's cells in the largest connected
+    component of the kNN graph (``n_neighbors``) restricted to that type; 1 is best."""
+    from scipy.sparse.csgraph import connected_components
+
+    graph = NearestNeighbors(n_neighbors=min(n_neighbors, x.shape[0] - 1)).fit(x)
+    adjacency = graph.kneighbors_graph(x)
+    shares = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        _, component = connected_components(adjacency[members][:, members], directed=False)
+        shares.append(np.bincount(component).max() / members.size)
+    return float(np.mean(shares))

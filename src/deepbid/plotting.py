@@ -37,7 +37,8 @@ def umap(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
     return holder.obsm["X_umap"]
 
 
-def _scatter(ax: plt.Axes, xy: np.ndarray, values: np.ndarray, title: str) -> None:
+def scatter(ax: plt.Axes, xy: np.ndarray, values: np.ndarray, title: str) -> None:
+    """Draw ``(n, 2)`` points on ``ax``, one colour per category of ``values``."""
     ok = ~np.isnan(xy).any(axis=1)
     categories = sorted({str(v) for v in values[ok]}, key=lambda v: (len(v), v))
     colours = plt.get_cmap("tab20" if len(categories) > 10 else "tab10")
@@ -61,7 +62,7 @@ def umap_panels(
     """One PNG of ``(n, 2)`` coordinates, one panel per named colouring."""
     fig, axes = plt.subplots(1, len(colourings), figsize=(5.2 * len(colourings), 4.2))
     for ax, (name, values) in zip(np.atleast_1d(axes), colourings.items(), strict=True):
-        _scatter(ax, xy, np.asarray(values), name)
+        scatter(ax, xy, np.asarray(values), name)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
