@@ -121,8 +121,21 @@ def _child(method: str, inputs: dict, queue: mp.Queue) -> None:
     start = time.perf_counter()
     embedding, clusters = globals()[f"run_{method}"](inputs)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((np.asarray(embedding, dtype=np.float64), clusters, seconds, peak_mb))
+    queue.put((np.asarray(embedding, dtype=np.float64), clusters, seconds, peak_rss_mb()))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux keeps ``ru_maxrss`` across the exec
+    that starts a spawned child (it would report the parent's peak), so the
+    per-address-space ``VmHWM`` is read where it exists."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_isolated(method: str, inputs: dict) -> tuple[np.ndarray, np.ndarray | None, float, float]:
