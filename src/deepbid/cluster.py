@@ -119,6 +119,22 @@ def fuzzy_kmeans(
     return centres(h, p), p, iteration
 
 
+def n_mixing_clusters(n_cells: int) -> int:
+    """Harmony's default number of soft clusters for its diversity penalty:
+    about one per 30 cells, at most 100."""
+    return int(min(max(round(n_cells / 30), 2), 100))
+
+
+def mixing_partition(h: torch.Tensor, n_clusters: int, seed: int) -> tuple[torch.Tensor, float]:
+    """Fine centres ``(n_clusters, d)`` (k-means on the ``(n, d)`` codes) over which the
+    batch-mixing KL is evaluated, and the temperature of their memberships."""
+    labels = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(h.cpu().numpy())
+    labels = torch.as_tensor(labels, dtype=torch.long, device=h.device)
+    temperature = calibrate_temperature(h, labels)
+    _, labels = torch.unique(labels, return_inverse=True)
+    return centres(h, torch.nn.functional.one_hot(labels).to(h.dtype)), temperature
+
+
 def _pca(h: np.ndarray, seed: int, n_components: int = 50) -> np.ndarray:
     n_components = min(n_components, h.shape[0] - 1, h.shape[1])
     return PCA(n_components=n_components, random_state=seed).fit_transform(h)

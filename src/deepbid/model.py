@@ -63,6 +63,9 @@ class DeepBID:
         paper's values for the data size (5 and 0.01 below 10^4 cells, else 1 and 1e-4).
     kappa1, kappa2
         Weights of the within-batch and batch-mixing KL terms.
+    n_mixing_clusters
+        Size of the fine partition the batch-mixing KL is evaluated over;
+        ``None``: about one cluster per 30 cells, at most 100 (Harmony's default).
     conditional_decoder
         Feed the batch to the decoder (see README).
     seed
@@ -94,7 +97,8 @@ class DeepBID:
         lambda1: float | None = None,
         lambda2: float | None = None,
         kappa1: float = 0.01,
-        kappa2: float = 1.0,
+        kappa2: float = 20.0,
+        n_mixing_clusters: int | None = None,
         conditional_decoder: bool = True,
         seed: int = 0,
         device: str = "auto",
@@ -122,6 +126,7 @@ class DeepBID:
             epochs=epochs,
             kappa1=kappa1,
             kappa2=kappa2,
+            n_mixing_clusters=n_mixing_clusters,
         )
         self._lambdas = (lambda1, lambda2)
         self.module: Autoencoder | None = None

@@ -33,7 +33,8 @@ class Settings:
     lambda1: float = 5.0
     lambda2: float = 0.01
     kappa1: float = 0.01
-    kappa2: float = 1.0
+    kappa2: float = 20.0
+    n_mixing_clusters: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +72,7 @@ class Trainer:
         self.module = module
         self.settings = settings
         self.device = device
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.progress = progress
         self.history: dict[str, dict[str, list[float]]] = {}
@@ -149,7 +151,8 @@ class Trainer:
         self, view: DataView, labels: np.ndarray, bar: tqdm
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Optimise eq. (11) from the hard starting ``labels``; re-estimate the
-        temperature, ``C`` and ``P`` (eq. 13-14, to stability) after every epoch.
+        temperature, ``C`` and ``P`` (eq. 13-14, to stability) and the fine
+        partition of the mixing term after every epoch.
 
         Returns
         -------
@@ -161,6 +164,7 @@ class Trainer:
             torch.as_tensor(labels, dtype=torch.long, device=self.device)
         ).to(h.dtype)
         state: dict = {"p": p0}
+        n_mix = min(s.n_mixing_clusters or cluster.n_mixing_clusters(view.n_cells), view.n_cells)
 
         def reestimate(h: torch.Tensor) -> int:
             # the latent scale drifts during training: recalibrate eq. 14's
@@ -169,6 +173,7 @@ class Trainer:
             state["centres"], state["p"], iterations = cluster.fuzzy_kmeans(
                 h, state["p"], state["tau"]
             )
+            state["mix"], state["tau_mix"] = cluster.mixing_partition(h, n_mix, self.seed)
             return iterations
 
         reestimate(h)
@@ -176,13 +181,15 @@ class Trainer:
         def step(x, counts, sf, batch, idx):
             out = m(x, batch, sf)
             h, c = out["h"], state["centres"]
-            p_live = cluster.memberships(h, c, state["tau"])
+            # KL2 over a fine partition (as Harmony's diversity penalty): over the K
+            # output clusters alone it cannot mix batches inside a cluster
+            p_mix = cluster.memberships(h, state["mix"], state["tau_mix"])
             return {
                 "nb": losses.nb_loss(counts, out["mu"], out["theta"]),
                 "kmeans": s.lambda1 * losses.adaptive_kmeans(h, c, state["p"][idx]),
                 "weights": s.lambda2 * losses.weight_penalty(m),
                 "kl_within": s.kappa1 * losses.kl_within_batch(h, batch),
-                "kl_mix": s.kappa2 * losses.kl_batch_mix(p_live, batch, view.n_batches),
+                "kl_mix": s.kappa2 * losses.kl_batch_mix(p_mix, batch, view.n_batches),
             }
 
         def update() -> dict[str, float]:
