@@ -75,3 +75,15 @@ def test_batch_balanced_graph_links_every_batch():
     cross = graph[batches == 0][:, batches == 1].sum(axis=1)
     assert (np.asarray(cross).ravel() >= 3).all()
     assert (graph != graph.T).nnz == 0
+
+
+def test_mixing_partition_follows_harmony_cluster_count():
+    assert [cluster.n_mixing_clusters(n) for n in (10, 600, 3000, 10**6)] == [2, 20, 100, 100]
+    x, types, _ = blobs(n_per=50, n_types=3)
+    h = torch.from_numpy(x)
+    centres, temperature = cluster.mixing_partition(h, 10, seed=0)
+    assert centres.shape == (10, x.shape[1]) and 0 < temperature <= 1.0
+    # fine clusters nest in the cell types: each centre's nearest cells share one type
+    nearest = torch.cdist(h, centres).argmin(dim=1).numpy()
+    for k in np.unique(nearest):
+        assert np.unique(types[nearest == k]).size == 1
