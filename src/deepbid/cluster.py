@@ -51,9 +51,10 @@ def calibrate_temperature(
     Eq. (14) is not scale-free: where clusters of the latent space lie less
     than a few units apart, its memberships are nearly uniform, and alternating
     eq. (13) and (14) then pulls every centre onto the grand mean (all clusters
-    collapse). The temperature is therefore lowered, once, until the mean
-    membership of cells in their own starting cluster reaches ``target``; data
-    whose clusters are already that distinct keep the paper's formula (1).
+    collapse). The temperature is therefore lowered until the mean membership of
+    cells in their own cluster reaches ``target`` (the trainer does this at every
+    re-estimation of C and P, as the latent scale drifts); data whose clusters
+    are already that distinct keep the paper's formula (1).
 
     Parameters
     ----------
