@@ -108,8 +108,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs",
         type=int,
-        default=20,
-        help="epochs of the clustering phase (default 20, as the paper)",
+        default=None,
+        help="epochs of the clustering phase (default: the paper's 20 up to 5,000 cells, "
+        "proportionally fewer above)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

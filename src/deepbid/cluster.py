@@ -19,10 +19,12 @@ import numpy as np
 import scanpy as sc
 import scipy.sparse as sp
 import torch
-from sklearn.cluster import KMeans
+from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
+
+from . import distributed
 
 #: Leiden resolutions tried when the number of clusters is estimated.
 RESOLUTIONS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)
@@ -33,6 +35,15 @@ SILHOUETTE_CELLS = 1000
 #: Silhouette differences below this are within seed-to-seed noise (measured on
 #: the pretrained embeddings of the shared data sets: about 0.01-0.03).
 SILHOUETTE_TOLERANCE = 0.01
+#: Cells the number of clusters is estimated on (the graph, Leiden and PCA
+#: scale with it); the other cells join the nearest centre of that partition.
+ESTIMATE_CELLS = 20_000
+#: Cells the k-means++ seeds of the fine mixing partition are drawn from.
+KMEANS_INIT_CELLS = 20_000
+#: Most Lloyd iterations per k-means run (warm starts converge in a few).
+KMEANS_ITERATIONS = 30
+#: Cells per distance computation against a set of centres.
+NEAREST_CHUNK = 65_536
 
 
 def memberships(h: torch.Tensor, centres: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -44,7 +55,11 @@ def memberships(h: torch.Tensor, centres: torch.Tensor, temperature: float = 1.0
 
 
 def calibrate_temperature(
-    h: torch.Tensor, labels: torch.Tensor, target: float = 0.9, n_steps: int = 30
+    h: torch.Tensor,
+    labels: torch.Tensor,
+    n_clusters: int | None = None,
+    target: float = 0.9,
+    n_steps: int = 30,
 ) -> float:
     """The largest temperature ``<= 1`` at which eq. (14) keeps the starting partition.
 
@@ -61,14 +76,19 @@ def calibrate_temperature(
     h
         ``(n, d)`` latent codes.
     labels
-        ``(n,)`` starting hard labels (long).
+        ``(n,)`` starting hard labels (long) in ``0..n_clusters-1``.
+    n_clusters
+        Number of labels (default: the largest label + 1); empty ones are dropped.
     """
-    _, labels = torch.unique(labels, return_inverse=True)  # drop empty clusters
-    c = centres(h, torch.nn.functional.one_hot(labels).to(h.dtype))
-    dist = torch.cdist(h, c)
+    onehot = torch.nn.functional.one_hot(labels, n_clusters or int(labels.max()) + 1).to(h.dtype)
+    filled = distributed.all_sum(onehot.sum(dim=0)) > 0
+    distance = torch.cdist(h, centres(h, onehot)[filled])
+    own = (torch.cumsum(filled.long(), 0) - 1)[labels]
+    n_total = distributed.all_sum(torch.tensor(float(h.shape[0]), device=h.device))
 
     def agreement(t: float) -> float:
-        return torch.softmax(-dist / t, dim=1).gather(1, labels[:, None]).mean().item()
+        own_share = torch.softmax(-distance / t, dim=1).gather(1, own[:, None]).sum()
+        return (distributed.all_sum(own_share) / n_total).item()
 
     if agreement(1.0) >= target:
         return 1.0
@@ -80,8 +100,10 @@ def calibrate_temperature(
 
 
 def centres(h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Cluster centres, eq. (13): membership-weighted means, ``(n, d), (n, K) -> (K, d)``."""
-    return (p.T @ h) / p.sum(dim=0).clamp_min(1e-12)[:, None]
+    """Cluster centres, eq. (13): membership-weighted means, ``(n, d), (n, K) -> (K, d)``
+    (sums over the cells of every process)."""
+    weights = distributed.all_sum(p.sum(dim=0)).clamp_min(1e-12)
+    return distributed.all_sum(p.T @ h) / weights[:, None]
 
 
 def fuzzy_kmeans(
@@ -110,14 +132,64 @@ def fuzzy_kmeans(
     -------
     ``(centres (K, d), memberships (n, K), iterations run)``.
     """
+    size = distributed.all_sum(torch.tensor(float(p.numel()), device=p.device))
     for iteration in range(1, max_iter + 1):  # noqa: B007 (returned)
         c = centres(h, p)
         new_p = memberships(h, c, temperature)
-        change = (new_p - p).abs().mean().item()
+        change = (distributed.all_sum((new_p - p).abs().sum()) / size).item()
         p = new_p
         if change < tol:
             break
     return centres(h, p), p, iteration
+
+
+def nearest(h: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index ``(n,)`` of the nearest centre of each ``(n, d)`` code, in chunks of cells."""
+    return torch.cat(
+        [torch.cdist(part, centres).argmin(dim=1) for part in torch.split(h, NEAREST_CHUNK)]
+    )
+
+
+def kmeans(
+    h: torch.Tensor, init: torch.Tensor, max_iter: int = KMEANS_ITERATIONS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means from centres ``init`` ``(K, d)``; sums and counts are
+    all-reduced, so every process ends with the same centres.
+
+    Returns
+    -------
+    ``(centres (K, d), labels (n,))``; an empty cluster keeps its previous centre.
+    """
+    c, labels = init, nearest(h, init)
+    for _ in range(max_iter):
+        k = c.shape[0]
+        sums = distributed.all_sum(torch.zeros_like(c).index_add_(0, labels, h))
+        counts = distributed.all_sum(torch.bincount(labels, minlength=k).to(h.dtype))
+        c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
+        new_labels = nearest(h, c)
+        moved = distributed.all_sum((new_labels != labels).sum())
+        labels = new_labels
+        if moved.item() == 0:
+            break
+    return c, labels
+
+
+def sample_rows(n: int, n_sample: int, seed: int) -> np.ndarray:
+    """Sorted random rows, at most ``n_sample`` of ``n`` (all rows when ``n <= n_sample``)."""
+    if n <= n_sample:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, n_sample, replace=False))
+
+
+def gathered_sample(
+    arrays: tuple[np.ndarray, ...], n_sample: int, seed: int
+) -> tuple[np.ndarray, ...]:
+    """Rows of ``arrays`` sampled on every process (``n_sample`` in all), concatenated."""
+    rows = sample_rows(
+        arrays[0].shape[0], n_sample // distributed.world_size(), seed + distributed.rank()
+    )
+    parts = distributed.gather_objects(tuple(a[rows] for a in arrays))
+    return tuple(np.concatenate([part[i] for part in parts]) for i in range(len(arrays)))
 
 
 def n_mixing_clusters(n_cells: int) -> int:
@@ -126,14 +198,29 @@ def n_mixing_clusters(n_cells: int) -> int:
     return int(min(max(round(n_cells / 30), 2), 100))
 
 
-def mixing_partition(h: torch.Tensor, n_clusters: int, seed: int) -> tuple[torch.Tensor, float]:
-    """Fine centres ``(n_clusters, d)`` (k-means on the ``(n, d)`` codes) over which the
-    batch-mixing KL is evaluated, and the temperature of their memberships."""
-    labels = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(h.cpu().numpy())
-    labels = torch.as_tensor(labels, dtype=torch.long, device=h.device)
-    temperature = calibrate_temperature(h, labels)
-    _, labels = torch.unique(labels, return_inverse=True)
-    return centres(h, torch.nn.functional.one_hot(labels).to(h.dtype)), temperature
+def mixing_partition(
+    h: torch.Tensor, n_clusters: int, seed: int, previous: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float]:
+    """Fine centres ``(<= n_clusters, d)`` over which the batch-mixing KL is evaluated
+    (k-means on the ``(n, d)`` codes), and the temperature of their memberships.
+
+    k-means starts from ``previous`` centres when given (the trainer passes the
+    last epoch's, so the partition moves with the latent space instead of being
+    redrawn), else from k-means++ seeds on a sample of cells.
+    """
+    if previous is None or previous.shape[0] != n_clusters:
+        (sample,) = gathered_sample((h.cpu().numpy(),), KMEANS_INIT_CELLS, seed)
+        seeds = None
+        if distributed.rank() == 0:
+            seeds, _ = kmeans_plusplus(sample, min(n_clusters, len(sample)), random_state=seed)
+        previous = torch.as_tensor(
+            distributed.broadcast_object(seeds), dtype=h.dtype, device=h.device
+        )
+    fine, labels = kmeans(h, previous)
+    temperature = calibrate_temperature(h, labels, fine.shape[0])
+    onehot = torch.nn.functional.one_hot(labels, fine.shape[0]).to(h.dtype)
+    filled = distributed.all_sum(onehot.sum(dim=0)) > 0
+    return fine[filled], temperature
 
 
 def _pca(h: np.ndarray, seed: int, n_components: int = 50) -> np.ndarray:
@@ -226,7 +313,28 @@ def estimate_partition(h: np.ndarray, batch: np.ndarray, seed: int) -> tuple[np.
 def initial_partition(
     h: np.ndarray, batch: np.ndarray, n_clusters: int | None, seed: int
 ) -> tuple[np.ndarray, dict]:
-    """Hard starting labels ``(n,)`` for fuzzy k-means: k-means for a given K, else estimated."""
+    """Hard starting labels ``(n,)`` for fuzzy k-means: k-means for a given K, else estimated.
+
+    Up to :data:`ESTIMATE_CELLS` cells (in all processes together) are
+    partitioned directly; beyond that a random sample is, and every cell takes
+    the label of the nearest centre of the sample's partition.
+    """
+    if not distributed.active() and h.shape[0] <= ESTIMATE_CELLS:
+        return _partition(h, batch, n_clusters, seed)
+    sample_h, sample_batch = gathered_sample((h, batch), ESTIMATE_CELLS, seed)
+    result = None
+    if distributed.rank() == 0:
+        labels, report = _partition(sample_h, sample_batch, n_clusters, seed)
+        onehot = np.eye(labels.max() + 1, dtype=sample_h.dtype)[labels]
+        result = ((onehot.T @ sample_h) / onehot.sum(axis=0)[:, None], report)
+    found, report = distributed.broadcast_object(result)
+    labels = nearest(torch.from_numpy(h), torch.from_numpy(found)).numpy()
+    return labels, report
+
+
+def _partition(
+    h: np.ndarray, batch: np.ndarray, n_clusters: int | None, seed: int
+) -> tuple[np.ndarray, dict]:
     if n_clusters is None:
         return estimate_partition(h, batch, seed)
     labels = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(h)

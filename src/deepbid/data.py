@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anndata as ad
 import numpy as np
@@ -77,20 +77,34 @@ class DataView:
         return len(self.batch_categories)
 
     def minibatches(
-        self, batch_size: int, rng: np.random.Generator | None = None
+        self, batch_size: int, rng: np.random.Generator | None = None, n_used: int | None = None
     ) -> Iterator[np.ndarray]:
         """Yield row indices of minibatches; shuffled when ``rng`` is given.
 
         A last minibatch smaller than half ``batch_size`` is merged into the
-        previous one, so that no step is driven by a handful of cells.
+        previous one, so that no step is driven by a handful of cells. Only the
+        first ``n_used`` rows of the (shuffled) order are used when given, so
+        that processes holding shards of unequal size take equally many steps.
         """
         order = rng.permutation(self.n_cells) if rng is not None else np.arange(self.n_cells)
-        starts = list(range(0, self.n_cells, batch_size))
-        if len(starts) > 1 and self.n_cells - starts[-1] < batch_size // 2:
+        n = self.n_cells if n_used is None else n_used
+        starts = list(range(0, n, batch_size))
+        if len(starts) > 1 and n - starts[-1] < batch_size // 2:
             starts.pop()
         for i, start in enumerate(starts):
-            stop = starts[i + 1] if i + 1 < len(starts) else self.n_cells
+            stop = starts[i + 1] if i + 1 < len(starts) else n
             yield order[start:stop]
+
+    def subset(self, rows: np.ndarray) -> DataView:
+        """The view of cells ``rows`` only (same genes, batches and size-factor reference);
+        ``cells`` is left as the whole view's."""
+        return replace(
+            self,
+            counts=self.counts[rows],
+            logx=self.logx[rows],
+            size_factors=self.size_factors[rows],
+            batch_codes=self.batch_codes[rows],
+        )
 
     def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Dense ``(logx, counts, size_factors, batch_codes)`` for the rows ``idx``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pickle
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import cluster
+from . import cluster, distributed
 from .data import DataView, prepare, prepare_like
 from .errors import InputError
 from .files import write_atomically
@@ -21,6 +22,18 @@ from .train import Settings, Trainer, denoise, embed
 
 #: From this many cells the paper switches to its large-data weights.
 LARGE_DATA_CELLS = 10_000
+#: Up to this many cells every phase runs the paper's epochs; beyond it epochs
+#: shrink in proportion, so a phase takes about the same number of optimiser
+#: steps at any size (scVI scales its epochs the same way).
+FULL_EPOCH_CELLS = 5_000
+#: Paper epochs of each phase, and the fewest a large data set gets.
+DEFAULT_EPOCHS = {"layer_epochs": (10, 1), "pretrain_epochs": (20, 2), "epochs": (20, 3)}
+
+
+def scaled_epochs(name: str, n_cells: int) -> int:
+    """Epochs of phase ``name`` (a key of :data:`DEFAULT_EPOCHS`) for ``n_cells`` cells."""
+    default, minimum = DEFAULT_EPOCHS[name]
+    return max(minimum, min(default, math.ceil(default * FULL_EPOCH_CELLS / n_cells)))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -53,7 +66,9 @@ class DeepBID:
         Highly variable genes taken per batch (their union is used).
     epochs, pretrain_epochs, layer_epochs
         Epochs of the clustering phase, of the stacked pretraining and of each
-        layer-wise pretraining stage.
+        layer-wise pretraining stage. ``None``: the paper's 20, 20 and 10 up to
+        :data:`FULL_EPOCH_CELLS` cells, proportionally fewer above (at least 3,
+        2 and 1), so that large data sets take about as many steps as small ones.
     batch_size
         Cells per minibatch.
     lr
@@ -89,9 +104,9 @@ class DeepBID:
         latent_dim: int = 300,
         hidden_dim: int = 500,
         n_top_genes: int = 1000,
-        epochs: int = 20,
-        pretrain_epochs: int = 20,
-        layer_epochs: int = 10,
+        epochs: int | None = None,
+        pretrain_epochs: int | None = None,
+        layer_epochs: int | None = None,
         batch_size: int = 128,
         lr: float = 1e-3,
         lambda1: float | None = None,
@@ -121,14 +136,14 @@ class DeepBID:
             conditional_decoder=conditional_decoder,
             batch_size=batch_size,
             lr=lr,
-            layer_epochs=layer_epochs,
-            pretrain_epochs=pretrain_epochs,
-            epochs=epochs,
             kappa1=kappa1,
             kappa2=kappa2,
             n_mixing_clusters=n_mixing_clusters,
         )
         self._lambdas = (lambda1, lambda2)
+        self._epochs = dict(
+            layer_epochs=layer_epochs, pretrain_epochs=pretrain_epochs, epochs=epochs
+        )
         self.module: Autoencoder | None = None
         self.train_view: DataView | None = None
         self._train_p: np.ndarray | None = None
@@ -154,8 +169,13 @@ class DeepBID:
             )
         large = view.n_cells >= LARGE_DATA_CELLS
         lambda1, lambda2 = self._lambdas
+        epochs = {
+            name: value if value is not None else scaled_epochs(name, view.n_cells)
+            for name, value in self._epochs.items()
+        }
         self.settings = Settings(
             **self._options,
+            **epochs,
             lambda1=lambda1 if lambda1 is not None else (1.0 if large else 5.0),
             lambda2=lambda2 if lambda2 is not None else (1e-4 if large else 0.01),
         )
@@ -167,23 +187,28 @@ class DeepBID:
             self.settings.latent_dim,
             self.settings.conditional_decoder,
         ).to(self.device)
+        distributed.broadcast_module(self.module)
+        # under torch.distributed each process trains on its shard of the cells
+        local = view.subset(distributed.shard(view.n_cells)) if distributed.active() else view
         trainer = Trainer(self.module, self.settings, self.device, self.seed)
         s = self.settings
         total = 2 * s.layer_epochs + s.pretrain_epochs + s.epochs
-        with tqdm(total=total, desc="deepbid", unit="epoch", disable=not self.progress) as bar:
-            trainer.pretrain(view, bar)
-            h = embed(self.module, view, self.device).cpu().numpy()
+        quiet = not self.progress or distributed.rank() != 0
+        with tqdm(total=total, desc="deepbid", unit="epoch", disable=quiet) as bar:
+            trainer.pretrain(local, bar)
+            h = embed(self.module, local, self.device).cpu().numpy()
             labels, self.k_estimate = cluster.initial_partition(
-                h, view.batch_codes, self.n_clusters, self.seed
+                h, local.batch_codes, self.n_clusters, self.seed
             )
-            centres, p = trainer.cluster(view, labels, bar)
+            centres, p = trainer.cluster(local, labels, bar)
         self.centres, self.temperature = centres.cpu(), trainer.temperature
         self.history = trainer.history
         self.genes, self.batch_categories = view.genes, view.batch_categories
         self.is_counts = view.is_counts
         self.median_library = view.median_library
         self.batch_key, self.layer = batch_key, layer
-        self.train_view, self._train_p = view, p.cpu().numpy()
+        self.train_view = view
+        self._train_p = distributed.gather_rows(p.cpu().numpy(), view.n_cells)
         return self
 
     # -- results ---------------------------------------------------------------------

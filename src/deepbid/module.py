@@ -76,9 +76,12 @@ class Autoencoder(nn.Module):
 
         Returns
         -------
-        ``h`` ``(n, d)``, ``x_hat`` ``(n, f)``, ``mu`` ``(n, f)``, ``theta`` ``(n, f)``.
+        ``h`` ``(n, d)``, the last decoder hidden layer ``D`` ``(n, hidden_dim)``,
+        ``mu`` ``(n, f)``, ``theta`` ``(n, f)``. The MSE reconstruction
+        ``self.rec(D)`` is left to the caller: the clustering phase does not use
+        it, and it costs as much as an NB head.
         """
         h = self.encode(x)
         d = self.decode_hidden(h, batch)
         mu, theta = self.nb_params(d, size_factors)
-        return {"h": h, "x_hat": self.rec(d), "mu": mu, "theta": theta}
+        return {"h": h, "d": d, "mu": mu, "theta": theta}

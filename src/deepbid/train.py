@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import cluster, losses
+from . import cluster, distributed, losses
 from .data import DataView
 from .errors import TrainingError
 from .module import Autoencoder
@@ -56,7 +57,7 @@ class Trainer:
     device
         Where tensors live.
     seed
-        Seeds the minibatch order.
+        Seeds the minibatch order (plus the process rank under torch.distributed).
     progress
         Show a progress bar over all epochs.
     """
@@ -73,7 +74,8 @@ class Trainer:
         self.settings = settings
         self.device = device
         self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        # processes of a distributed run shuffle their shards independently
+        self.rng = np.random.default_rng(seed + distributed.rank())
         self.progress = progress
         self.history: dict[str, dict[str, list[float]]] = {}
 
@@ -91,29 +93,34 @@ class Trainer:
 
         ``step(x, counts, size_factors, batch, idx)`` returns named loss terms,
         already weighted, whose sum is minimised; their per-epoch means go to
-        ``history[phase][term]``.
+        ``history[phase][term]``, with the ``total`` and the ``seconds`` the
+        epoch's minibatch steps took.
         """
+        params = list(params)
         optimiser = torch.optim.Adam(params, lr=self.settings.lr)
+        n_used = distributed.all_min(view.n_cells)
         for epoch in range(1, n_epochs + 1):
             sums: dict[str, float] = {}
             n_steps = 0
-            for idx in view.minibatches(self.settings.batch_size, self.rng):
+            start = time.perf_counter()
+            for idx in view.minibatches(self.settings.batch_size, self.rng, n_used):
                 terms = step(*_batch(view, idx, self.device), idx)
                 total = sum(terms.values())
-                if not torch.isfinite(total):
+                optimiser.zero_grad(set_to_none=True)
+                total.backward()
+                if not torch.isfinite(distributed.average_gradients(params, total)):
                     bad = [name for name, value in terms.items() if not torch.isfinite(value)]
                     raise TrainingError(
                         f"{phase} epoch {epoch}: loss term(s) {bad} became NaN or infinite; "
                         "try a lower lr, or check the input for extreme values"
                     )
-                optimiser.zero_grad(set_to_none=True)
-                total.backward()
                 optimiser.step()
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + value.item()
                 n_steps += 1
             record = {name: value / n_steps for name, value in sums.items()}
             record["total"] = sum(record.values())
+            record["seconds"] = time.perf_counter() - start
             if after_epoch is not None:
                 record.update(after_epoch())
             for name, value in record.items():
@@ -137,7 +144,7 @@ class Trainer:
         def stacked(x, counts, sf, batch, idx):
             out = m(x, batch, sf)
             return {
-                "rec": losses.reconstruction_loss(x, out["x_hat"]),
+                "rec": losses.reconstruction_loss(x, m.rec(out["d"])),
                 "nb": losses.nb_loss(counts, out["mu"], out["theta"]),
             }
 
@@ -160,20 +167,26 @@ class Trainer:
         """
         m, s = self.module, self.settings
         h = embed(m, view, self.device)
+        k = distributed.all_max(int(labels.max()) + 1)
         p0 = torch.nn.functional.one_hot(
-            torch.as_tensor(labels, dtype=torch.long, device=self.device)
+            torch.as_tensor(labels, dtype=torch.long, device=self.device), k
         ).to(h.dtype)
+        p0 = p0[:, distributed.all_sum(p0.sum(dim=0)) > 0]  # no empty starting cluster
         state: dict = {"p": p0}
-        n_mix = min(s.n_mixing_clusters or cluster.n_mixing_clusters(view.n_cells), view.n_cells)
+        n_total = int(distributed.all_sum(torch.tensor(view.n_cells)).item())
+        n_mix = min(s.n_mixing_clusters or cluster.n_mixing_clusters(n_total), n_total)
 
         def reestimate(h: torch.Tensor) -> int:
             # the latent scale drifts during training: recalibrate eq. 14's
             # temperature on the current partition each time, or centres collapse
-            state["tau"] = cluster.calibrate_temperature(h, state["p"].argmax(dim=1))
+            k = state["p"].shape[1]
+            state["tau"] = cluster.calibrate_temperature(h, state["p"].argmax(dim=1), k)
             state["centres"], state["p"], iterations = cluster.fuzzy_kmeans(
                 h, state["p"], state["tau"]
             )
-            state["mix"], state["tau_mix"] = cluster.mixing_partition(h, n_mix, self.seed)
+            state["mix"], state["tau_mix"] = cluster.mixing_partition(
+                h, n_mix, self.seed, state.get("mix")
+            )
             return iterations
 
         reestimate(h)

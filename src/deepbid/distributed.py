@@ -1,0 +1,140 @@
+"""Data-parallel training over ``torch.distributed`` (launch with ``torchrun``).
+
+Every process reads the same AnnData and selects the same genes; process
+``r`` of ``w`` trains on cells ``r, r + w, r + 2w, ...``. Gradients are averaged
+after every backward pass, and every statistic over all cells (cluster
+centres, membership sums, the temperature's agreement, k-means sums and
+counts) is all-reduced, so all processes hold the same model and centres at
+every step. Without an initialised process group every function here is the
+single-process identity, so the rest of the package calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def active() -> bool:
+    """Whether a process group with more than one process is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return dist.get_world_size() if active() else 1
+
+
+def init_from_environment(device: torch.device) -> bool:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), if any.
+
+    Gloo on CPU, NCCL on CUDA (each process on the GPU of its local rank).
+    Returns whether a group is now active.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or active():
+        return active()
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def shard(n: int) -> np.ndarray:
+    """Indices ``(n / world_size,)`` of this process's share of ``n`` cells."""
+    return np.arange(rank(), n, world_size())
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of ``tensor`` over processes (a new tensor; the input is left as is)."""
+    if not active():
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)
+    return total
+
+
+def average_gradients(params: list[torch.nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
+    """Replace the gradients of ``params`` by their mean over processes and
+    return the mean of the scalar ``loss``, in one flat all-reduce.
+
+    Carrying the loss along means a NaN on any process is seen by all of them,
+    so they stop together instead of waiting on each other.
+    """
+    if not active():
+        return loss
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([loss.detach().reshape(1), *(g.reshape(-1) for g in grads)])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 1
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return flat[0]
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Give every process rank 0's parameters."""
+    if active():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def broadcast(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``tensor`` on every process (shape and dtype must agree)."""
+    if active():
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def gather_rows(local: np.ndarray, n_total: int) -> np.ndarray:
+    """Reassemble per-process rows ``local`` (this process's :func:`shard`) into
+    ``(n_total, ...)`` in the original cell order, on every process."""
+    if not active():
+        return local
+    parts: list[np.ndarray] = [None] * world_size()  # type: ignore[list-item]
+    dist.all_gather_object(parts, local)
+    out = np.empty((n_total, *local.shape[1:]), dtype=local.dtype)
+    for r, part in enumerate(parts):
+        out[r :: world_size()] = part
+    return out
+
+
+def all_min(value: int) -> int:
+    """Smallest ``value`` over processes."""
+    if not active():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def all_max(value: int) -> int:
+    """Largest ``value`` over processes."""
+    return -all_min(-value)
+
+
+def gather_objects(obj: object) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every process (``[obj]`` alone)."""
+    if not active():
+        return [obj]
+    parts: list = [None] * world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every process."""
+    if not active():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
