@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import multiprocessing as mp
+import queue as queue_module
 import tempfile
 import time
 import warnings
@@ -145,7 +146,7 @@ def run_scvi(path: str) -> dict:
         "ari": metrics.ari(labels, clusters),
         "ari_kmeans_true_k": kmeans_ari(embedding, labels),
         "n_clusters": int(np.unique(clusters).size),
-        "epochs": str(model.history["train_loss_epoch"].shape[0]),
+        "epochs": str(max(len(values) for values in model.history.values())),
     }
 
 
@@ -160,7 +161,13 @@ def run_isolated(method: str, path: str) -> dict:
     queue = context.Queue()
     process = context.Process(target=_child, args=(method, path, queue))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"{method} on {path} failed (exit {process.exitcode})") from None
     process.join()
     return result
 

@@ -87,3 +87,31 @@ def test_mixing_partition_follows_harmony_cluster_count():
     nearest = torch.cdist(h, centres).argmin(dim=1).numpy()
     for k in np.unique(nearest):
         assert np.unique(types[nearest == k]).size == 1
+
+
+def test_kmeans_recovers_blobs_and_warm_start_stays():
+    x, types, _ = blobs(n_per=80, n_types=4, n_batches=1, sep=8.0, seed=5)
+    h = torch.from_numpy(x)
+    init = h[torch.from_numpy(np.random.default_rng(0).choice(len(x), 4, replace=False))]
+    centres, labels = cluster.kmeans(h, init)
+    assert metrics.ari(types, labels.numpy()) > 0.95
+    again, same = cluster.kmeans(h, centres, max_iter=3)
+    assert torch.equal(same, labels)
+    torch.testing.assert_close(again, centres)
+
+
+def test_large_data_is_partitioned_on_a_sample(monkeypatch):
+    x, types, batches = blobs(n_per=100, n_types=4, shift=2.0, seed=3)
+    monkeypatch.setattr(cluster, "ESTIMATE_CELLS", 200)
+    calls = []
+    original = cluster.estimate_partition
+
+    def spy(h, batch, seed):
+        calls.append(h.shape[0])
+        return original(h, batch, seed)
+
+    monkeypatch.setattr(cluster, "estimate_partition", spy)
+    labels, report = cluster.initial_partition(x, batches, None, seed=0)
+    assert calls == [200]
+    assert labels.shape == (len(x),) and labels.max() + 1 == 4
+    assert metrics.ari(types, labels) > 0.95

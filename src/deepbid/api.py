@@ -93,6 +93,8 @@ def write_results(adata: ad.AnnData, model: DeepBID, key: str = "deepbid") -> No
     n = adata.n_obs
 
     def full(values: np.ndarray) -> np.ndarray:
+        if cells.all():  # no copy: the denoised matrix alone is cells x genes
+            return values.astype(np.float32, copy=False)
         out = np.full((n, values.shape[1]), np.nan, dtype=np.float32)
         out[cells] = values
         return out

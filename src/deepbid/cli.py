@@ -9,11 +9,12 @@ from pathlib import Path
 
 import anndata as ad
 
+from . import distributed
 from .datasets import mixology_3cl
 from .errors import InputError, InputWarning, TrainingError
 from .evaluate import evaluate
 from .files import read_h5ad, write_atomically
-from .model import DeepBID
+from .model import DeepBID, resolve_device
 from .report import write_report
 
 
@@ -38,6 +39,9 @@ def _run(
 ) -> None:
     """Integrate, draw, report, then write the h5ad and the metrics table."""
     model = _model_from(args)
+    if distributed.rank() != 0:  # a torchrun worker trains its shard; rank 0 writes
+        model.fit(adata, args.batch_key, layer=args.layer)
+        return
     figures = figures or report
     out, table = evaluate(
         adata, model, args.batch_key, layer=args.layer, label_key=args.label_key, figures=figures
@@ -180,10 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         f"deepbid: {category.__name__}: {message}\n"
     )
     try:
+        distributed.init_from_environment(resolve_device(args.device))
         args.func(args)
     except (InputError, TrainingError) as err:
         print(f"deepbid: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        distributed.close()
     return 0
 
 

@@ -296,7 +296,8 @@ def prepare(
         )
     if not cells.any():
         raise InputError(f"every cell in {where} has zero counts")
-    matrix, library, labels = matrix[cells], library[cells], labels[cells]
+    if not cells.all():  # row indexing copies the matrix: only when needed
+        matrix, library, labels = matrix[cells], library[cells], labels[cells]
     codes = np.asarray(labels.codes, dtype=np.int64)
     categories = [str(c) for c in labels.categories]
     present = np.bincount(codes, minlength=len(categories))

@@ -47,6 +47,12 @@ def init_from_environment(device: torch.device) -> bool:
     return True
 
 
+def close() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def shard(n: int) -> np.ndarray:
     """Indices ``(n / world_size,)`` of this process's share of ``n`` cells."""
     return np.arange(rank(), n, world_size())

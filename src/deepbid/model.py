@@ -56,6 +56,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
 class DeepBID:
     """DeepBID batch integration, clustering and denoising of scRNA-seq counts.
 
+    Inside an initialised ``torch.distributed`` process group (e.g. a script
+    started by ``torchrun``) :meth:`fit` trains data-parallel: every process
+    passes the same AnnData and trains on its share of the cells, with
+    gradients and all cluster statistics all-reduced (see
+    :mod:`deepbid.distributed`); every process ends with the same model.
+
     Parameters
     ----------
     n_clusters
@@ -70,7 +76,7 @@ class DeepBID:
         :data:`FULL_EPOCH_CELLS` cells, proportionally fewer above (at least 3,
         2 and 1), so that large data sets take about as many steps as small ones.
     batch_size
-        Cells per minibatch.
+        Cells per minibatch, over all processes of a distributed run.
     lr
         Adam learning rate for every phase.
     lambda1, lambda2

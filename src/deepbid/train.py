@@ -99,11 +99,14 @@ class Trainer:
         params = list(params)
         optimiser = torch.optim.Adam(params, lr=self.settings.lr)
         n_used = distributed.all_min(view.n_cells)
+        # batch_size is the global minibatch: processes split it, so a distributed
+        # run takes the same steps per epoch as a single process
+        batch_size = -(-self.settings.batch_size // distributed.world_size())
         for epoch in range(1, n_epochs + 1):
             sums: dict[str, float] = {}
             n_steps = 0
             start = time.perf_counter()
-            for idx in view.minibatches(self.settings.batch_size, self.rng, n_used):
+            for idx in view.minibatches(batch_size, self.rng, n_used):
                 terms = step(*_batch(view, idx, self.device), idx)
                 total = sum(terms.values())
                 optimiser.zero_grad(set_to_none=True)
@@ -236,10 +239,10 @@ def denoise(module: Autoencoder, view: DataView, device: torch.device) -> np.nda
     """NB means ``(n_cells, n_genes)`` of every cell at size factor 1 (the
     training data's median library size), decoded with the cell's own batch."""
     module.eval()
-    parts = []
+    out = np.empty((view.n_cells, view.n_genes), dtype=np.float32)
     for idx in view.minibatches(CHUNK):
         x, _, _, batch = _batch(view, idx, device)
         d = module.decode_hidden(module.encode(x), batch)
-        parts.append(module.nb_params(d, torch.ones(len(idx), device=device))[0].cpu().numpy())
+        out[idx] = module.nb_params(d, torch.ones(len(idx), device=device))[0].cpu().numpy()
     module.train()
-    return np.concatenate(parts)
+    return out
