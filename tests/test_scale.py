@@ -3,8 +3,9 @@ densifies more than a minibatch or a chunk of the count matrix."""
 
 import numpy as np
 import scipy.sparse as sp
+from conftest import FAST
 
-from deepbid import DeepBID, train
+from deepbid import DeepBID, evaluate, metrics, plotting, train
 from deepbid.model import DEFAULT_EPOCHS, FULL_EPOCH_CELLS, scaled_epochs
 
 
@@ -21,8 +22,8 @@ def test_epochs_are_the_papers_up_to_the_threshold_then_shrink():
 
 
 def test_fit_records_the_epochs_it_ran(small):
-    model = DeepBID(seed=0, progress=False, latent_dim=16, hidden_dim=64, n_top_genes=300)
-    model.fit(small, "batch")
+    fast = {k: v for k, v in FAST.items() if "epochs" not in k}
+    model = DeepBID(seed=0, **fast).fit(small, "batch")
     assert model.settings.epochs == DEFAULT_EPOCHS["epochs"][0]
     assert len(model.history["cluster"]["total"]) == model.settings.epochs
     assert np.all(np.asarray(model.history["cluster"]["seconds"]) > 0)
@@ -38,17 +39,17 @@ def test_training_densifies_only_minibatches_and_chunks(small, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(sp.csr_matrix, "toarray", recording)
-    model = DeepBID(
-        seed=0,
-        progress=False,
-        latent_dim=16,
-        hidden_dim=64,
-        n_top_genes=300,
-        batch_size=32,
-        layer_epochs=1,
-        pretrain_epochs=1,
-        epochs=1,
-    )
+    settings = {**FAST, "batch_size": 32, "layer_epochs": 1, "pretrain_epochs": 1, "epochs": 1}
+    model = DeepBID(seed=0, **settings)
     model.fit(small, "batch")
     model.denoised()
     assert largest and max(largest) <= 50 < small.n_obs
+
+
+def test_scores_and_figures_work_past_scanpys_exact_knn_limit():
+    # above 4,096 cells scanpy switches to approximate kNN (pynndescent)
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(loc, 1.0, (2100, 8)) for loc in (0.0, 10.0)]).astype(np.float32)
+    labels = np.repeat([0, 1], 2100)
+    assert metrics.ari(labels, evaluate.leiden(x, seed=0, resolution=0.05)) > 0.99
+    assert plotting.umap(x, seed=0).shape == (4200, 2)

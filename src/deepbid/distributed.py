@@ -94,13 +94,6 @@ def broadcast_module(module: torch.nn.Module) -> None:
             dist.broadcast(tensor, src=0)
 
 
-def broadcast(tensor: torch.Tensor) -> torch.Tensor:
-    """Rank 0's ``tensor`` on every process (shape and dtype must agree)."""
-    if active():
-        dist.broadcast(tensor, src=0)
-    return tensor
-
-
 def gather_rows(local: np.ndarray, n_total: int) -> np.ndarray:
     """Reassemble per-process rows ``local`` (this process's :func:`shard`) into
     ``(n_total, ...)`` in the original cell order, on every process."""

@@ -89,7 +89,9 @@ def leiden(embedding: np.ndarray, seed: int, resolution: float = 1.0) -> np.ndar
     holder.obsm["X_rep"] = embedding
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sc.pp.neighbors(holder, use_rep="X_rep", random_state=seed)
+        # exact kNN: scanpy's approximate path (pynndescent, above 4,096 cells)
+        # fails on scipy >= 1.15 sparse arrays
+        sc.pp.neighbors(holder, use_rep="X_rep", transformer="sklearn", random_state=seed)
         sc.tl.leiden(
             holder, resolution=resolution, random_state=seed, flavor="igraph", n_iterations=-1
         )

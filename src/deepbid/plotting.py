@@ -32,7 +32,9 @@ def umap(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
     holder.obsm["X_rep"] = embedding
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sc.pp.neighbors(holder, use_rep="X_rep", n_neighbors=15, random_state=seed)
+        sc.pp.neighbors(  # exact kNN, see evaluate.leiden
+            holder, use_rep="X_rep", n_neighbors=15, transformer="sklearn", random_state=seed
+        )
         sc.tl.umap(holder, random_state=seed)
     return holder.obsm["X_umap"]
 
