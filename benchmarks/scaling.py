@@ -19,6 +19,7 @@ took is reported as a fraction of the same process's dense float32 matmul rate.
     pip install -e ".[benchmark]"
     python benchmarks/scaling.py                      # 5k 20k 50k 100k; scVI at 5k 20k
     python benchmarks/scaling.py --cells 2000 5000 --scvi-cells
+    python benchmarks/scaling.py --device cuda --cells 20000 100000 1000000 --scvi-cells 20000
 
 Writes results/scaling.csv, results/scaling.md and results/scaling.png.
 """
@@ -50,15 +51,19 @@ from deepbid.evaluate import leiden
 HERE = Path(__file__).resolve().parent
 
 
-def matmul_rate(size: int = 2048, repeats: int = 10) -> float:
-    """Median dense float32 ``size x size`` matmul rate of this process, FLOP/s."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
+    """Median dense float32 ``size x size`` matmul rate on ``device``, FLOP/s."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     for _ in range(2):
         a @ b
     times = []
     for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return 2 * size**3 / float(np.median(times))
 
@@ -92,11 +97,11 @@ def kmeans_ari(embedding: np.ndarray, labels: np.ndarray) -> float:
     return metrics.ari(labels, KMeans(k, n_init=3, random_state=0).fit_predict(embedding))
 
 
-def run_deepbid(path: str) -> dict:
-    rate = matmul_rate()
+def run_deepbid(path: str, device: str) -> dict:
+    rate = matmul_rate(deepbid.model.resolve_device(device))
     start = time.perf_counter()
     adata = ad.read_h5ad(path)
-    deepbid.integrate(adata, "batch", seed=0, progress=False)
+    deepbid.integrate(adata, "batch", seed=0, device=device, progress=False)
     seconds = time.perf_counter() - start
     peak = peak_rss_mb()
     info = adata.uns["deepbid"]
@@ -110,6 +115,7 @@ def run_deepbid(path: str) -> dict:
     embedding = adata.obsm["X_deepbid"][used]
     settings = info["settings"]
     return {
+        "device": settings["device"],
         "seconds": seconds,
         "peak_rss_mb": peak,
         "ari": metrics.ari(labels, adata.obs["deepbid_cluster"].to_numpy()[used]),
@@ -123,7 +129,7 @@ def run_deepbid(path: str) -> dict:
     }
 
 
-def run_scvi(path: str) -> dict:
+def run_scvi(path: str, device: str) -> dict:
     import scvi
 
     scvi.settings.seed = 0
@@ -134,13 +140,15 @@ def run_scvi(path: str) -> dict:
     holder.obs["batch"] = adata.obs["batch"].to_numpy()[view.cells]
     scvi.model.SCVI.setup_anndata(holder, batch_key="batch")
     model = scvi.model.SCVI(holder)
-    model.train(accelerator="cpu", enable_progress_bar=False)
+    accelerator = "gpu" if deepbid.model.resolve_device(device).type == "cuda" else "cpu"
+    model.train(accelerator=accelerator, enable_progress_bar=False)
     embedding = model.get_latent_representation()
     seconds = time.perf_counter() - start
     peak = peak_rss_mb()
     labels = adata.obs["cell_type"].astype(str).to_numpy()[view.cells]
     clusters = leiden(embedding, seed=0)
     return {
+        "device": accelerator,
         "seconds": seconds,
         "peak_rss_mb": peak,
         "ari": metrics.ari(labels, clusters),
@@ -150,16 +158,16 @@ def run_scvi(path: str) -> dict:
     }
 
 
-def _child(method: str, path: str, queue: mp.Queue) -> None:
+def _child(method: str, path: str, device: str, queue: mp.Queue) -> None:
     warnings.simplefilter("ignore")
-    queue.put(globals()[f"run_{method}"](path))
+    queue.put(globals()[f"run_{method}"](path, device))
 
 
-def run_isolated(method: str, path: str) -> dict:
+def run_isolated(method: str, path: str, device: str) -> dict:
     """One run in a fresh process, so that its time and peak memory are its own."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_child, args=(method, path, queue))
+    process = context.Process(target=_child, args=(method, path, device, queue))
     process.start()
     while True:
         try:
@@ -199,6 +207,7 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", type=int, default=[5000, 20000, 50000, 100000])
     parser.add_argument("--scvi-cells", nargs="*", type=int, default=[5000, 20000])
     parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA when present) or 'cpu'")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     scvi_cells = args.scvi_cells if importlib.util.find_spec("scvi") else []
@@ -216,7 +225,7 @@ def main() -> None:
             runs = (("deepbid", args.cells), ("scvi", scvi_cells))
             methods = [method for method, sizes in runs if n in sizes]
             for method in methods:
-                result = run_isolated(method, path)
+                result = run_isolated(method, path, args.device)
                 rows.append({"cells": n, "method": method, **result})
                 print(pd.DataFrame([rows[-1]]).to_string(index=False), flush=True)
     table = pd.DataFrame(rows)

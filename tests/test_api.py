@@ -79,6 +79,13 @@ def test_in_place_adds_keys_and_changes_nothing_else(small):
     assert after["uns"] == before["uns"] | {"deepbid"}
 
 
+def test_denoised_matrix_can_be_left_out(fitted):
+    sub, out = fitted
+    lean = deepbid.integrate(sub, "batch", n_clusters=3, copy=True, denoised=False, **FAST)
+    assert set(lean.obsm) == set(out.obsm) - {"deepbid_denoised"}
+    np.testing.assert_array_equal(lean.obsm["X_deepbid"], out.obsm["X_deepbid"])
+
+
 def test_same_seed_same_result_and_save_load_roundtrip(small, tmp_path):
     a = DeepBID(n_clusters=3, seed=7, **FAST).fit(small, "batch")
     b = DeepBID(n_clusters=3, seed=7, **FAST).fit(small, "batch")

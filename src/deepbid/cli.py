@@ -44,7 +44,13 @@ def _run(
         return
     figures = figures or report
     out, table = evaluate(
-        adata, model, args.batch_key, layer=args.layer, label_key=args.label_key, figures=figures
+        adata,
+        model,
+        args.batch_key,
+        layer=args.layer,
+        label_key=args.label_key,
+        figures=figures,
+        denoised=not args.no_denoised,
     )
     if report is not None:
         page = write_report(
@@ -117,6 +123,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "proportionally fewer above)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-denoised",
+        action="store_true",
+        help="do not write obsm['deepbid_denoised'] (a dense cells x genes matrix)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

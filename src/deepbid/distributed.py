@@ -62,9 +62,16 @@ def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum of ``tensor`` over processes (a new tensor; the input is left as is)."""
     if not active():
         return tensor
-    total = tensor.clone()
+    total = tensor.to(_collective_device(), copy=True)
     dist.all_reduce(total)
-    return total
+    return total.to(tensor.device)
+
+
+def _collective_device() -> torch.device:
+    """Where collectives run: NCCL reduces only CUDA tensors, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def average_gradients(params: list[torch.nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
@@ -111,7 +118,7 @@ def all_min(value: int) -> int:
     """Smallest ``value`` over processes."""
     if not active():
         return value
-    tensor = torch.tensor([value], dtype=torch.int64)
+    tensor = torch.tensor([value], dtype=torch.int64, device=_collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
     return int(tensor.item())
 

@@ -25,6 +25,7 @@ def evaluate(
     layer: str | None,
     label_key: str | None,
     figures: Path | None,
+    denoised: bool = True,
 ) -> tuple[ad.AnnData, pd.DataFrame]:
     """Fit ``model`` on a copy of ``adata``; score it against the unintegrated PCA; draw figures.
 
@@ -38,7 +39,7 @@ def evaluate(
     model.fit(adata, batch_key, layer=layer)
     seconds = time.perf_counter() - start
     out = adata.copy()
-    write_results(out, model)
+    write_results(out, model, denoised=denoised)
     view = model.train_view
     cells = view.cells
     batch = out.obs[batch_key].astype(str).to_numpy()[cells]
