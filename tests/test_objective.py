@@ -7,7 +7,7 @@ import torch
 from deepbid import cluster, losses
 from deepbid.data import prepare
 from deepbid.module import Autoencoder
-from deepbid.train import Settings, Trainer
+from deepbid.train import Settings, Trainer, embed
 
 
 @pytest.fixture()
@@ -84,7 +84,7 @@ def test_training_lowers_loss_on_real_data(small):
     trainer.pretrain(view, Bar())
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, view.n_cells)
-    trainer.cluster(view, labels, Bar())
+    trainer.cluster(view, embed(module, view, torch.device("cpu")), labels, Bar())
     total = trainer.history["cluster"]["total"]
     assert total[-1] < total[0]
     assert trainer.history["pretrain"]["nb"][-1] < trainer.history["pretrain"]["nb"][0]

@@ -224,8 +224,7 @@ def mixing_partition(
         )
     fine, labels = kmeans(h, previous)
     temperature = calibrate_temperature(h, labels, fine.shape[0])
-    onehot = torch.nn.functional.one_hot(labels, fine.shape[0]).to(h.dtype)
-    filled = distributed.all_sum(onehot.sum(dim=0)) > 0
+    filled = distributed.all_sum(torch.bincount(labels, minlength=fine.shape[0])) > 0
     return fine[filled], temperature
 
 

@@ -202,11 +202,11 @@ class DeepBID:
         quiet = not self.progress or distributed.rank() != 0
         with tqdm(total=total, desc="deepbid", unit="epoch", disable=quiet) as bar:
             trainer.pretrain(local, bar)
-            h = embed(self.module, local, self.device).cpu().numpy()
+            h = embed(self.module, local, self.device)
             labels, self.k_estimate = cluster.initial_partition(
-                h, local.batch_codes, self.n_clusters, self.seed
+                h.cpu().numpy(), local.batch_codes, self.n_clusters, self.seed
             )
-            centres, p = trainer.cluster(local, labels, bar)
+            centres, p = trainer.cluster(local, h, labels, bar)
         self.centres, self.temperature = centres.cpu(), trainer.temperature
         self.history = trainer.history
         self.genes, self.batch_categories = view.genes, view.batch_categories

@@ -158,18 +158,18 @@ class Trainer:
         self._epochs(view, "pretrain", s.pretrain_epochs, m.parameters(), stacked, bar)
 
     def cluster(
-        self, view: DataView, labels: np.ndarray, bar: tqdm
+        self, view: DataView, h: torch.Tensor, labels: np.ndarray, bar: tqdm
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Optimise eq. (11) from the hard starting ``labels``; re-estimate the
-        temperature, ``C`` and ``P`` (eq. 13-14, to stability) and the fine
-        partition of the mixing term after every epoch.
+        """Optimise eq. (11) from the hard starting ``labels`` of the ``(n, d)``
+        pretrained codes ``h``; re-estimate the temperature, ``C`` and ``P``
+        (eq. 13-14, to stability) and the fine partition of the mixing term after
+        every epoch.
 
         Returns
         -------
         ``(centres (K, d), memberships (n, K))`` at the end of training.
         """
         m, s = self.module, self.settings
-        h = embed(m, view, self.device)
         k = distributed.all_max(int(labels.max()) + 1)
         p0 = torch.nn.functional.one_hot(
             torch.as_tensor(labels, dtype=torch.long, device=self.device), k
