@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from deepbid import cluster, metrics
+from deepbid import cluster, k_estimate, metrics
 
 
 def blobs(n_per=60, n_types=3, n_batches=2, dim=10, sep=6.0, shift=1.0, seed=0):
@@ -63,15 +63,15 @@ def test_temperature_is_one_for_separated_clusters():
 
 def test_estimated_partition_finds_types_not_batches():
     x, types, batches = blobs(n_types=4, shift=2.0, seed=3)
-    labels, report = cluster.estimate_partition(x, batches, seed=0)
+    labels, report = k_estimate.estimate_partition(x, batches, seed=0)
     assert labels.max() + 1 == 4
     assert metrics.ari(types, labels) > 0.95
-    assert len(report["resolution"]) == len(cluster.RESOLUTIONS)
+    assert len(report["resolution"]) == len(k_estimate.RESOLUTIONS)
 
 
 def test_batch_balanced_graph_links_every_batch():
     x, _, batches = blobs(shift=20.0)  # batches far apart
-    graph = cluster.batch_balanced_graph(x, batches, k=3)
+    graph = k_estimate.batch_balanced_graph(x, batches, k=3)
     cross = graph[batches == 0][:, batches == 1].sum(axis=1)
     assert (np.asarray(cross).ravel() >= 3).all()
     assert (graph != graph.T).nnz == 0
@@ -102,16 +102,16 @@ def test_kmeans_recovers_blobs_and_warm_start_stays():
 
 def test_large_data_is_partitioned_on_a_sample(monkeypatch):
     x, types, batches = blobs(n_per=100, n_types=4, shift=2.0, seed=3)
-    monkeypatch.setattr(cluster, "ESTIMATE_CELLS", 200)
+    monkeypatch.setattr(k_estimate, "ESTIMATE_CELLS", 200)
     calls = []
-    original = cluster.estimate_partition
+    original = k_estimate.estimate_partition
 
     def spy(h, batch, seed):
         calls.append(h.shape[0])
         return original(h, batch, seed)
 
-    monkeypatch.setattr(cluster, "estimate_partition", spy)
-    labels, report = cluster.initial_partition(x, batches, None, seed=0)
+    monkeypatch.setattr(k_estimate, "estimate_partition", spy)
+    labels, report = k_estimate.initial_partition(x, batches, None, seed=0)
     assert calls == [200]
     assert labels.shape == (len(x),) and labels.max() + 1 == 4
     assert metrics.ari(types, labels) > 0.95

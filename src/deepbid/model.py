@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import cluster, distributed
+from . import cluster, distributed, k_estimate
 from .data import DataView, prepare, prepare_like
 from .errors import InputError
 from .files import write_atomically
@@ -203,7 +203,7 @@ class DeepBID:
         with tqdm(total=total, desc="deepbid", unit="epoch", disable=quiet) as bar:
             trainer.pretrain(local, bar)
             h = embed(self.module, local, self.device)
-            labels, self.k_estimate = cluster.initial_partition(
+            labels, self.k_estimate = k_estimate.initial_partition(
                 h.cpu().numpy(), local.batch_codes, self.n_clusters, self.seed
             )
             centres, p = trainer.cluster(local, h, labels, bar)
