@@ -26,7 +26,8 @@ def test_batch_asw_and_graph_connectivity():
     split, _, _ = _blobs(False)
     assert metrics.batch_asw(mixed, batch, types) > 0.9
     assert metrics.batch_asw(split, batch, types) < 0.5
-    assert metrics.graph_connectivity(mixed, types) == 1.0
+    # strongly connected components: an outlier nobody lists as a neighbour is cut off
+    assert metrics.graph_connectivity(mixed, types) > 0.95
     assert metrics.graph_connectivity(split, types) < 0.75
 
 

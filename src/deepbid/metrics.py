@@ -18,19 +18,19 @@ def nmi(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
     return float(normalized_mutual_info_score(labels_true, labels_pred))
 
 
-def _calibrated_weights(dist2: np.ndarray, perplexity: float, n_steps: int = 50) -> np.ndarray:
-    """Gaussian neighbour weights ``(n, k)``, each row's bandwidth found by bisection
-    so that its entropy is ``log(perplexity)`` (as in t-SNE and LISI)."""
+def _calibrated_weights(dist: np.ndarray, perplexity: float, n_steps: int = 50) -> np.ndarray:
+    """Neighbour weights ``exp(-beta * dist)`` ``(n, k)``, each row's ``beta`` found by
+    bisection so that its entropy is ``log(perplexity)`` (as in LISI)."""
     target = np.log(perplexity)
-    dist2 = dist2 - dist2[:, :1]  # shift by the nearest distance for numerical range
-    beta = np.ones(dist2.shape[0])
+    dist = dist - dist[:, :1]  # shift by the nearest distance for numerical range
+    beta = np.ones(dist.shape[0])
     lo = np.full_like(beta, 0.0)
     hi = np.full_like(beta, np.inf)
     for _ in range(n_steps):
-        w = np.exp(-dist2 * beta[:, None])
+        w = np.exp(-dist * beta[:, None])
         total = w.sum(axis=1)
         w /= total[:, None]
-        entropy = np.log(total) + beta * (dist2 * w).sum(axis=1)
+        entropy = np.log(total) + beta * (dist * w).sum(axis=1)
         too_flat = entropy > target
         lo = np.where(too_flat, beta, lo)
         hi = np.where(too_flat, hi, beta)
@@ -42,9 +42,11 @@ def lisi(x: np.ndarray, labels: np.ndarray, perplexity: float = 30.0) -> np.ndar
     """Local inverse Simpson's index of ``labels`` for every cell of the ``(n, d)`` embedding.
 
     Korsunsky et al. 2019 (Harmony): the effective number of labels among a
-    cell's ``3 * perplexity`` nearest neighbours, weighted by a Gaussian kernel
-    calibrated to the perplexity. iLISI uses batch labels (higher is better
-    mixing), cLISI cell types (1 is perfect separation).
+    cell's ``3 * perplexity`` nearest neighbours, weighted by ``exp(-beta * d)`` of
+    their Euclidean distance ``d`` (not squared, as in ``harmonypy.compute_lisi``
+    and scib-metrics; the test suite holds this function side by side with
+    harmonypy's), ``beta`` calibrated to the perplexity. iLISI uses batch labels
+    (higher is better mixing), cLISI cell types (1 is perfect separation).
 
     Returns
     -------
@@ -54,7 +56,7 @@ def lisi(x: np.ndarray, labels: np.ndarray, perplexity: float = 30.0) -> np.ndar
     k = int(min(3 * perplexity, x.shape[0] - 1))
     dist, idx = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
     dist, idx = dist[:, 1:], idx[:, 1:]
-    w = _calibrated_weights(dist.astype(np.float64) ** 2, min(perplexity, k / 3))
+    w = _calibrated_weights(dist.astype(np.float64), min(perplexity, k / 3))
     share = np.zeros((x.shape[0], codes.max() + 1))
     np.add.at(share, (np.repeat(np.arange(x.shape[0]), k), codes[idx].ravel()), w.ravel())
     return 1.0 / (share**2).sum(axis=1)
@@ -99,15 +101,23 @@ def batch_asw(x: np.ndarray, batch: np.ndarray, labels: np.ndarray) -> float:
 
 
 def graph_connectivity(x: np.ndarray, labels: np.ndarray, n_neighbors: int = 15) -> float:
-    """Mean over cell types of the share of a type's cells in the largest connected
-    component of the kNN graph (``n_neighbors``) restricted to that type; 1 is best."""
+    """Mean over cell types of the share of a type's cells in the largest strongly
+    connected component of the directed kNN graph (``n_neighbors``, the cell itself
+    included) restricted to that type; 1 is best.
+
+    This is scib-metrics' definition (a cell's out-edges go to its own nearest
+    neighbours, so a small group whose neighbours all lie elsewhere is cut off);
+    the test suite checks the two agree.
+    """
     from scipy.sparse.csgraph import connected_components
 
-    graph = NearestNeighbors(n_neighbors=min(n_neighbors, x.shape[0] - 1)).fit(x)
+    graph = NearestNeighbors(n_neighbors=min(n_neighbors, x.shape[0])).fit(x)
     adjacency = graph.kneighbors_graph(x)
     shares = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        _, component = connected_components(adjacency[members][:, members], directed=False)
+        _, component = connected_components(
+            adjacency[members][:, members], directed=True, connection="strong"
+        )
         shares.append(np.bincount(component).max() / members.size)
     return float(np.mean(shares))
