@@ -27,12 +27,31 @@ KMEANS_ITERATIONS = 30
 NEAREST_CHUNK = 65_536
 
 
-def memberships(h: torch.Tensor, centres: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def memberships(
+    h: torch.Tensor,
+    centres: torch.Tensor,
+    temperature: float = 1.0,
+    log_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Soft assignments, eq. (14): ``p_jk = softmax_k(-||h_j - c_k|| / temperature)``.
 
-    ``(n, d), (K, d) -> (n, K)``. ``temperature=1`` is the paper's formula.
+    ``(n, d), (K, d) -> (n, K)``. ``temperature=1`` is the paper's formula. With
+    ``log_weights`` ``(K,)`` (log cluster proportions ``pi_k``), ``p_jk`` is
+    proportional to ``pi_k exp(-||h_j - c_k|| / temperature)``, as in a mixture
+    model: eq. 14 alone gives every cluster the same prior weight, which pulls
+    the boundary of a large cluster into its small neighbours.
     """
-    return torch.softmax(-torch.cdist(h, centres) / temperature, dim=1)
+    logits = -torch.cdist(h, centres) / temperature
+    if log_weights is not None:
+        logits = logits + log_weights
+    return torch.softmax(logits, dim=1)
+
+
+def log_proportions(p: torch.Tensor) -> torch.Tensor:
+    """``log pi_k`` ``(K,)``: log of each cluster's share of the memberships ``(n, K)``
+    of all cells (summed over processes)."""
+    mass = distributed.all_sum(p.sum(dim=0))
+    return torch.log((mass / mass.sum()).clamp_min(1e-12))
 
 
 def calibrate_temperature(
@@ -91,9 +110,10 @@ def fuzzy_kmeans(
     h: torch.Tensor,
     p: torch.Tensor,
     temperature: float = 1.0,
+    weighted: bool = True,
     max_iter: int = 20,
     tol: float = 1e-4,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
     """Alternate eq. (13) and (14) from memberships ``p`` until they stabilise.
 
     Parameters
@@ -104,6 +124,9 @@ def fuzzy_kmeans(
         ``(n, K)`` starting memberships.
     temperature
         Of eq. (14), see :func:`calibrate_temperature`.
+    weighted
+        Weight eq. (14) by the clusters' proportions (see :func:`memberships`),
+        re-estimated with the centres.
     max_iter
         Most alternations.
     tol
@@ -111,17 +134,19 @@ def fuzzy_kmeans(
 
     Returns
     -------
-    ``(centres (K, d), memberships (n, K), iterations run)``.
+    ``(centres (K, d), memberships (n, K), log proportions (K,) or None, iterations run)``.
     """
     size = distributed.all_sum(torch.tensor(float(p.numel()), device=p.device))
+    log_weights = None
     for iteration in range(1, max_iter + 1):  # noqa: B007 (returned)
         c = centres(h, p)
-        new_p = memberships(h, c, temperature)
+        log_weights = log_proportions(p) if weighted else None
+        new_p = memberships(h, c, temperature, log_weights)
         change = (distributed.all_sum((new_p - p).abs().sum()) / size).item()
         p = new_p
         if change < tol:
             break
-    return centres(h, p), p, iteration
+    return centres(h, p), p, log_weights, iteration
 
 
 def nearest(h: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,19 @@
 """Estimating the number of clusters and the starting partition of fuzzy k-means.
 
 The number of clusters is usually unknown. :func:`estimate_partition` runs
-Leiden on a batch-balanced kNN graph of the pretrained latent codes (every
-cell is linked to its nearest neighbours *in every batch*, so clusters are not
-split by batch), over a grid of resolutions, scoring each partition by how
-well it separates cells within their own batch (mean within-batch silhouette)
-and keeping the finest partition whose score is within
-:data:`SILHOUETTE_TOLERANCE` of the best. A given ``n_clusters`` uses k-means
-instead. Both work on any ``(n, d)`` embedding, so the rule can be judged
+Leiden over a grid of resolutions on two graphs of the pretrained latent
+codes: the plain kNN graph, and a batch-balanced one (every cell linked to its
+nearest cells *in every batch*). It scores each partition by how well it
+separates cells within their own batch (mean within-batch silhouette) and
+keeps the finest partition whose score is within
+:data:`SILHOUETTE_TOLERANCE` of the best. Each graph covers the other's
+failure: the balanced graph joins a type that only one batch holds to its
+nearest type of another batch (DC: CD141 and CD1C cells), the plain graph
+divides types by batch where the batch effect is strong. The within-batch
+score cannot see a division by batch (every batch keeps its clusters whole),
+so a partition that merely divides clusters of a coarser one along batch
+lines (:func:`splits_by_batch`) is never chosen. A given ``n_clusters`` uses
+k-means instead. Both work on any ``(n, d)`` embedding, so the rule can be judged
 apart from deepbid's own embedding.
 """
 
@@ -30,13 +36,21 @@ from .cluster import gathered_sample, nearest
 
 #: Leiden resolutions tried when the number of clusters is estimated.
 RESOLUTIONS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)
-#: Neighbours of each cell taken from every batch for the K-estimation graph.
+#: Neighbours of each cell in the kNN graph (scanpy's default).
+NEIGHBOURS = 15
+#: Neighbours of each cell taken from every batch in the batch-balanced graph.
 NEIGHBOURS_PER_BATCH = 5
 #: Cells per batch used to score a partition (silhouette is quadratic in cells).
 SILHOUETTE_CELLS = 1000
 #: Silhouette differences below this are within seed-to-seed noise (measured on
 #: the pretrained embeddings of the shared data sets: about 0.01-0.03).
 SILHOUETTE_TOLERANCE = 0.01
+#: A part of a divided cluster counts as a batch's share of it when at least this
+#: share of its cells lie in batches where it is the largest part.
+BATCH_SPLIT_SHARE = 0.8
+#: A division along batch lines is a batch effect unless its parts lie farther apart
+#: than this many times the distance between batches within shared clusters.
+BATCH_SPLIT_SEPARATION = 2.0
 #: Cells the number of clusters is estimated on (the graph, Leiden and PCA
 #: scale with it); the other cells join the nearest centre of that partition.
 ESTIMATE_CELLS = 20_000
@@ -45,6 +59,19 @@ ESTIMATE_CELLS = 20_000
 def _pca(h: np.ndarray, seed: int, n_components: int = 50) -> np.ndarray:
     n_components = min(n_components, h.shape[0] - 1, h.shape[1])
     return PCA(n_components=n_components, random_state=seed).fit_transform(h)
+
+
+def knn_graph(x: np.ndarray, k: int = NEIGHBOURS) -> sp.csr_matrix:
+    """Symmetric unweighted kNN adjacency ``(n, n)`` of the ``(n, d)`` points (exact kNN)."""
+    n = x.shape[0]
+    k = min(k + 1, n)
+    _, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
+    rows, cols = np.repeat(np.arange(n), k), idx.ravel()
+    keep = rows != cols
+    graph = sp.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, n))
+    graph = graph.maximum(graph.T)
+    graph.data[:] = 1.0
+    return graph
 
 
 def batch_balanced_graph(x: np.ndarray, batch: np.ndarray, k: int) -> sp.csr_matrix:
@@ -95,38 +122,129 @@ def estimate_partition(h: np.ndarray, batch: np.ndarray, seed: int) -> tuple[np.
     Returns
     -------
     ``(labels (n,), report)``, the report giving each resolution's cluster
-    count and score.
+    count, score, whether it divides a coarser partition by batch, and the
+    index of the one chosen.
     """
+    batch = np.unique(batch, return_inverse=True)[1]
     x = _pca(h, seed)
-    graph = batch_balanced_graph(x, batch, NEIGHBOURS_PER_BATCH)
     holder = ad.AnnData(np.zeros((h.shape[0], 1), dtype=np.float32))
-    partitions, report = [], {"resolution": [], "n_clusters": [], "score": []}
-    for resolution in RESOLUTIONS:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sc.tl.leiden(
-                holder,
-                resolution=resolution,
-                adjacency=graph,
-                random_state=seed,
-                flavor="igraph",
-                n_iterations=-1,
-                directed=False,
-            )
-        labels = holder.obs["leiden"].cat.codes.to_numpy().astype(np.int64)
-        n_clusters = int(labels.max()) + 1
-        score = within_batch_silhouette(x, labels, batch, seed) if n_clusters > 1 else -1.0
-        partitions.append(labels)
-        report["resolution"].append(resolution)
-        report["n_clusters"].append(n_clusters)
-        report["score"].append(score)
+    partitions = []
+    report = {"graph": [], "resolution": [], "n_clusters": [], "score": []}
+    graphs = {
+        "knn": knn_graph(x),
+        "batch-balanced": batch_balanced_graph(x, batch, NEIGHBOURS_PER_BATCH),
+    }
+    for name, graph in graphs.items():
+        for resolution in RESOLUTIONS:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sc.tl.leiden(
+                    holder,
+                    resolution=resolution,
+                    adjacency=graph,
+                    random_state=seed,
+                    flavor="igraph",
+                    n_iterations=-1,
+                    directed=False,
+                )
+            labels = holder.obs["leiden"].cat.codes.to_numpy().astype(np.int64)
+            n_clusters = int(labels.max()) + 1
+            score = within_batch_silhouette(x, labels, batch, seed) if n_clusters > 1 else -1.0
+            partitions.append(labels)
+            report["graph"].append(name)
+            report["resolution"].append(resolution)
+            report["n_clusters"].append(n_clusters)
+            report["score"].append(score)
+    report["batch_split"] = [
+        any(
+            other.max() < labels.max() and splits_by_batch(labels, other, x, batch)
+            for other in partitions
+        )
+        for labels in partitions
+    ]
     scores, counts = np.array(report["score"]), np.array(report["n_clusters"])
+    # a partition that only divides some clusters of a coarser one by batch scores
+    # as well within batches as the coarser one; it must not win as "finer"
+    scores[report["batch_split"]] = -np.inf
     # the finest partition whose score is within noise of the best: merging two
     # real cell types is worse than splitting one, which a user can undo
     near_best = np.flatnonzero(scores >= scores.max() - SILHOUETTE_TOLERANCE)
-    chosen = near_best[np.argmax(counts[near_best])]
-    report["chosen"] = int(chosen)
+    finest = near_best[counts[near_best] == counts[near_best].max()]
+    chosen = int(finest[np.argmax(scores[finest])])
+    report["chosen"] = chosen
     return partitions[chosen], report
+
+
+def splits_by_batch(
+    finer: np.ndarray,
+    coarser: np.ndarray,
+    x: np.ndarray,
+    batch: np.ndarray,
+    share: float = BATCH_SPLIT_SHARE,
+    separation: float = BATCH_SPLIT_SEPARATION,
+) -> bool:
+    """Whether ``finer`` is ``coarser`` with some clusters divided by a batch effect.
+
+    Each cluster of ``finer`` belongs to the ``coarser`` cluster it overlaps most.
+    A divided cluster is divided along batch lines when every part holds at least
+    ``share`` of its cells in batches where it is the largest part (each batch
+    keeps its cells together); a part that shares its batches with its siblings
+    (a rare subtype) makes the division real. Along batch lines, the division is
+    still real when its parts lie more than ``separation`` times farther apart
+    than the batches of the undivided clusters that several batches share (the
+    batch effect as those clusters show it): two types that each only one batch
+    holds (DC's CD141 and CD1C cells) are farther apart than the batch effect.
+
+    Parameters
+    ----------
+    finer, coarser
+        ``(n,)`` integer labels.
+    x
+        ``(n, d)`` the points both partitions were found on.
+    batch
+        ``(n,)`` integer batch codes.
+
+    Returns
+    -------
+    ``False`` when ``finer`` divides nothing, or divides some cluster for real.
+    """
+    n_fine = finer.max() + 1
+    overlap = np.zeros((n_fine, coarser.max() + 1))
+    np.add.at(overlap, (finer, coarser), 1)
+    parent = overlap.argmax(axis=1)
+    divided = [p for p in np.unique(parent) if (parent == p).sum() > 1]
+    if not divided:
+        return False
+    gaps = []
+    for p in divided:
+        parts = np.flatnonzero(parent == p)
+        inside = np.isin(finer, parts)
+        # (batches, parts): cells of each part in each batch
+        table = np.zeros((batch.max() + 1, n_fine))
+        np.add.at(table, (batch[inside], finer[inside]), 1)
+        table = table[:, parts]
+        largest = table == table.max(axis=1, keepdims=True)
+        if ((table * largest).sum(axis=0) / table.sum(axis=0) < share).any():
+            return False
+        gaps.append(_spread(x[inside], finer[inside]))
+    undivided = np.setdiff1d(np.unique(coarser), divided)
+    shifts = [_spread(x[coarser == c], batch[coarser == c]) for c in undivided]
+    shifts = [shift for shift in shifts if np.isfinite(shift)]
+    if not shifts:  # every shared cluster is divided: nothing tells a type from a batch
+        return True
+    return bool(max(gaps) <= separation * np.median(shifts))
+
+
+def _spread(x: np.ndarray, groups: np.ndarray, min_cells: int = 5) -> float:
+    """Mean distance between the centroids of the ``groups`` holding at least
+    ``min_cells`` of the ``(n, d)`` points; NaN with fewer than two such groups."""
+    names, counts = np.unique(groups, return_counts=True)
+    names = names[counts >= min_cells]
+    if names.size < 2:
+        return float("nan")
+    centroids = np.stack([x[groups == name].mean(axis=0) for name in names])
+    distances = np.linalg.norm(centroids[:, None] - centroids[None], axis=-1)
+    return float(distances[np.triu_indices(names.size, 1)].mean())
 
 
 def initial_partition(

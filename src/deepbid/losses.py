@@ -99,32 +99,3 @@ def kl_within_batch(h: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         target = (target / target.sum(dim=1, keepdim=True)).detach()
         total = total + (target * (torch.log(target + _EPS) - torch.log(q + _EPS))).sum()
     return total / h.shape[0]
-
-
-def kl_batch_mix(p: torch.Tensor, batch: torch.Tensor, n_batches: int) -> torch.Tensor:
-    """Batch-mixing KL divergence ``L_KL2``, eq. (10).
-
-    Parameters
-    ----------
-    p
-        ``(n, K)`` memberships computed from the current latent codes (eq. 14),
-        so that the loss carries gradient to the encoder.
-    batch
-        ``(n,)`` integer batch codes.
-    n_batches
-        Number of batches.
-
-    Returns
-    -------
-    ``sum_k w_k sum_B u_Bk log(u_Bk / v_B)`` where ``u_Bk`` is batch ``B``'s share of
-    soft cluster ``k``, ``v_B`` its share of the ``n`` cells and ``w_k`` the
-    cluster's share of the cells: the mutual information between batch and
-    cluster, zero exactly when every cluster has the overall batch mix.
-    """
-    onehot = nn.functional.one_hot(batch, n_batches).to(p.dtype)
-    joint = onehot.T @ p / p.shape[0]  # (n_batches, K): P(batch, cluster)
-    cluster_mass = joint.sum(dim=0, keepdim=True)
-    batch_share = onehot.mean(dim=0)[:, None]
-    u = joint / (cluster_mass + _EPS)
-    kl_per_cluster = (u * (torch.log(u + _EPS) - torch.log(batch_share + _EPS))).sum(dim=0)
-    return (cluster_mass.squeeze(0) * kl_per_cluster).sum()

@@ -82,10 +82,22 @@ class DeepBID:
     lambda1, lambda2
         Weights of the k-means loss and of the weight penalty; ``None`` takes the
         paper's values for the data size (5 and 0.01 below 10^4 cells, else 1 and 1e-4).
-    kappa1, kappa2
-        Weights of the within-batch and batch-mixing KL terms.
+    kappa1
+        Weight of the within-batch self-training KL (eq. 7-9).
+    kappa2
+        Weight of the paper's batch-mixing KL (eq. 10) over the K clusters: every
+        cluster toward the overall batch mix.
+    kappa_local
+        Weight of the batch-mixing KL over a fine partition of the latent space:
+        every small neighbourhood toward the batch mix of ``local_target``.
+    local_target
+        ``"cluster"``: the batch mix of the cluster holding the neighbourhood (batches
+        mix inside a cell type; types held by some batches only stay theirs);
+        ``"global"``: the overall batch mix (as Harmony's diversity penalty).
+    weighted_memberships
+        Weight eq. (14) by the clusters' proportions, as a mixture model does.
     n_mixing_clusters
-        Size of the fine partition the batch-mixing KL is evaluated over;
+        Size of the fine partition of ``kappa_local``;
         ``None``: about one cluster per 30 cells, at most 100 (Harmony's default).
     conditional_decoder
         Feed the batch to the decoder (see README).
@@ -119,6 +131,9 @@ class DeepBID:
         lambda2: float | None = None,
         kappa1: float = 0.01,
         kappa2: float = 20.0,
+        kappa_local: float = 20.0,
+        local_target: str = "cluster",
+        weighted_memberships: bool = True,
         n_mixing_clusters: int | None = None,
         conditional_decoder: bool = True,
         seed: int = 0,
@@ -144,6 +159,9 @@ class DeepBID:
             lr=lr,
             kappa1=kappa1,
             kappa2=kappa2,
+            kappa_local=kappa_local,
+            local_target=local_target,
+            weighted_memberships=weighted_memberships,
             n_mixing_clusters=n_mixing_clusters,
         )
         self._lambdas = (lambda1, lambda2)
@@ -208,6 +226,7 @@ class DeepBID:
             )
             centres, p = trainer.cluster(local, h, labels, bar)
         self.centres, self.temperature = centres.cpu(), trainer.temperature
+        self.log_weights = None if trainer.log_weights is None else trainer.log_weights.cpu()
         self.history = trainer.history
         self.genes, self.batch_categories = view.genes, view.batch_categories
         self.is_counts = view.is_counts
@@ -250,7 +269,7 @@ class DeepBID:
         if adata is None and self._train_p is not None:
             return self._train_p
         h = torch.from_numpy(self.latent(adata))
-        return cluster.memberships(h, self.centres, self.temperature).numpy()
+        return cluster.memberships(h, self.centres, self.temperature, self.log_weights).numpy()
 
     def clusters(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Hard cluster labels ``(n_cells,)``, the argmax of :meth:`membership`."""
@@ -272,6 +291,7 @@ class DeepBID:
             "settings": self.settings.to_dict(),
             "centres": self.centres,
             "temperature": self.temperature,
+            "log_weights": self.log_weights,
             "genes": list(self.genes),
             "batch_categories": list(self.batch_categories),
             "is_counts": self.is_counts,
@@ -311,6 +331,7 @@ class DeepBID:
         ).to(model.device)
         model.module.load_state_dict(state["state_dict"])
         model.centres, model.temperature = state["centres"], state["temperature"]
+        model.log_weights = state["log_weights"]
         model.genes, model.batch_categories = state["genes"], state["batch_categories"]
         model.is_counts, model.median_library = state["is_counts"], state["median_library"]
         model.batch_key, model.layer = state["batch_key"], state["layer"]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import cluster, distributed, losses
+from . import cluster, distributed, losses, mixing
 from .data import DataView
 from .errors import TrainingError
 from .module import Autoencoder
@@ -35,6 +35,9 @@ class Settings:
     lambda2: float = 0.01
     kappa1: float = 0.01
     kappa2: float = 20.0
+    kappa_local: float = 20.0
+    local_target: str = "cluster"
+    weighted_memberships: bool = True
     n_mixing_clusters: int | None = None
 
     def to_dict(self) -> dict:
@@ -162,64 +165,132 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Optimise eq. (11) from the hard starting ``labels`` of the ``(n, d)``
         pretrained codes ``h``; re-estimate the temperature, ``C`` and ``P``
-        (eq. 13-14, to stability) and the fine partition of the mixing term after
-        every epoch.
+        (eq. 13-14, to stability), the fine partition and the full-data batch
+        counts of the mixing terms after every epoch.
 
         Returns
         -------
         ``(centres (K, d), memberships (n, K))`` at the end of training.
         """
-        m, s = self.module, self.settings
+        self.start_clustering(view, h, labels)
+
+        def update() -> dict[str, float]:
+            old = self.state["p"]
+            iterations = self.reestimate(embed(self.module, view, self.device))
+            return {
+                "membership_change": (self.state["p"] - old).abs().sum(dim=1).mean().item() / 2,
+                "fuzzy_iterations": float(iterations),
+                "temperature": self.state["tau"],
+                **self.mixing_report(),
+            }
+
+        s = self.settings
+        self._epochs(view, "cluster", s.epochs, self.module.parameters(), self.cluster_terms,
+                     bar, update)
+        self.temperature = self.state["tau"]
+        self.log_weights = self.state["log_weights"]
+        return self.state["centres"], self.state["p"]
+
+    def start_clustering(self, view: DataView, h: torch.Tensor, labels: np.ndarray) -> None:
+        """Set up the clustering phase on the ``(n, d)`` codes ``h`` of ``view``'s cells,
+        starting from hard ``labels`` ``(n,)``: C, P and the mixing counts."""
         k = distributed.all_max(int(labels.max()) + 1)
         p0 = torch.nn.functional.one_hot(
             torch.as_tensor(labels, dtype=torch.long, device=self.device), k
         ).to(h.dtype)
         p0 = p0[:, distributed.all_sum(p0.sum(dim=0)) > 0]  # no empty starting cluster
-        state: dict = {"p": p0}
+        self.state = {"p": p0}
+        self.n_batches = view.n_batches
+        self.batch_codes = torch.as_tensor(view.batch_codes, dtype=torch.long, device=self.device)
         n_total = int(distributed.all_sum(torch.tensor(view.n_cells)).item())
-        n_mix = min(s.n_mixing_clusters or cluster.n_mixing_clusters(n_total), n_total)
+        s = self.settings
+        self.n_mix = min(s.n_mixing_clusters or cluster.n_mixing_clusters(n_total), n_total)
+        self.reestimate(h)
 
-        def reestimate(h: torch.Tensor) -> int:
-            # the latent scale drifts during training: recalibrate eq. 14's
-            # temperature on the current partition each time, or centres collapse
-            k = state["p"].shape[1]
-            state["tau"] = cluster.calibrate_temperature(h, state["p"].argmax(dim=1), k)
-            state["centres"], state["p"], iterations = cluster.fuzzy_kmeans(
-                h, state["p"], state["tau"]
-            )
+    def reestimate(self, h: torch.Tensor) -> int:
+        """Re-estimate, from the codes ``h`` of all cells: the temperature, C and P
+        (eq. 13-14), the fine partition, and the exact batch x cluster counts of
+        both mixing terms. Returns the fuzzy k-means iterations run."""
+        s, state = self.settings, self.state
+        # the latent scale drifts during training: recalibrate eq. 14's
+        # temperature on the current partition each time, or centres collapse
+        k = state["p"].shape[1]
+        state["tau"] = cluster.calibrate_temperature(h, state["p"].argmax(dim=1), k)
+        state["centres"], state["p"], state["log_weights"], iterations = cluster.fuzzy_kmeans(
+            h, state["p"], state["tau"], s.weighted_memberships
+        )
+        type_counts = distributed.all_sum(
+            mixing.batch_cluster_counts(state["p"], self.batch_codes, self.n_batches)
+        )
+        overall = type_counts.sum(dim=1, keepdim=True) / type_counts.sum()
+        state["across"] = mixing.BatchMix(type_counts, overall.expand_as(type_counts))
+        if s.kappa_local > 0:
             state["mix"], state["tau_mix"] = cluster.mixing_partition(
-                h, n_mix, self.seed, state.get("mix")
+                h, self.n_mix, self.seed, state.get("mix")
             )
-            return iterations
+            p_fine = torch.cat(
+                [
+                    cluster.memberships(part, state["mix"], state["tau_mix"])
+                    for part in torch.split(h, cluster.NEAREST_CHUNK)
+                ]
+            )
+            fine_counts = distributed.all_sum(
+                mixing.batch_cluster_counts(p_fine, self.batch_codes, self.n_batches)
+            )
+            if s.local_target == "cluster":
+                # each neighbourhood's target is the batch mix of the cluster holding
+                # it: batches mix inside a cell type, and a type that only some
+                # batches hold is not pushed into the others
+                parent = distributed.all_sum(p_fine.T @ state["p"]).argmax(dim=1)
+                target = mixing.cluster_batch_mix(type_counts)[:, parent]
+            else:
+                target = overall.expand_as(fine_counts)
+            state["local"] = mixing.BatchMix(fine_counts, target)
+        return iterations
 
-        reestimate(h)
+    def mixing_report(self) -> dict[str, float]:
+        """Full-data divergences of both mixing terms at the last re-estimation (nats)."""
+        report = {"mixing_across_nats": self.state["across"].value()}
+        if "local" in self.state:
+            report["mixing_local_nats"] = self.state["local"].value()
+        return report
 
-        def step(x, counts, sf, batch, idx):
-            out = m(x, batch, sf)
-            h, c = out["h"], state["centres"]
-            # KL2 over a fine partition (as Harmony's diversity penalty): over the K
-            # output clusters alone it cannot mix batches inside a cluster
-            p_mix = cluster.memberships(h, state["mix"], state["tau_mix"])
-            return {
-                "nb": losses.nb_loss(counts, out["mu"], out["theta"]),
-                "kmeans": s.lambda1 * losses.adaptive_kmeans(h, c, state["p"][idx]),
-                "weights": s.lambda2 * losses.weight_penalty(m),
-                "kl_within": s.kappa1 * losses.kl_within_batch(h, batch),
-                "kl_mix": s.kappa2 * losses.kl_batch_mix(p_mix, batch, view.n_batches),
-            }
+    def cluster_terms(
+        self,
+        x: torch.Tensor,
+        counts: torch.Tensor,
+        sf: torch.Tensor,
+        batch: torch.Tensor,
+        idx: np.ndarray,
+    ) -> dict[str, torch.Tensor]:
+        """The weighted terms of eq. (11) on one minibatch (``idx``: its cells' rows).
 
-        def update() -> dict[str, float]:
-            old = state["p"]
-            iterations = reestimate(embed(m, view, self.device))
-            return {
-                "membership_change": (state["p"] - old).abs().sum(dim=1).mean().item() / 2,
-                "fuzzy_iterations": float(iterations),
-                "temperature": state["tau"],
-            }
-
-        self._epochs(view, "cluster", s.epochs, m.parameters(), step, bar, update)
-        self.temperature = state["tau"]
-        return state["centres"], state["p"]
+        Both mixing terms carry the exact gradient of their full-data divergence
+        (:mod:`deepbid.mixing`); the running counts take in this minibatch first.
+        """
+        m, s, state = self.module, self.settings, self.state
+        out = m(x, batch, sf)
+        h, c = out["h"], state["centres"]
+        terms = {
+            "nb": losses.nb_loss(counts, out["mu"], out["theta"]),
+            "kmeans": s.lambda1 * losses.adaptive_kmeans(h, c, state["p"][idx]),
+            "weights": s.lambda2 * losses.weight_penalty(m),
+            "kl_within": s.kappa1 * losses.kl_within_batch(h, batch),
+        }
+        mixes = [("kl_mix", s.kappa2, "across", c, state["tau"], state["log_weights"])]
+        if "local" in state:
+            mixes.append(("kl_local", s.kappa_local, "local", state["mix"], state["tau_mix"], None))
+        for name, weight, key, centres, tau, log_weights in mixes:
+            if weight == 0:
+                continue
+            p = cluster.memberships(h, centres, tau, log_weights)
+            state[key].update(
+                distributed.all_sum(
+                    mixing.batch_cluster_counts(p.detach(), batch, self.n_batches)
+                )
+            )
+            terms[name] = weight * mixing.surrogate(p, batch, state[key].log_ratio())
+        return terms
 
 
 @torch.no_grad()

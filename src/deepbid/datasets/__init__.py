@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.resources import as_file, files
 
 import anndata as ad
@@ -27,6 +28,10 @@ def simulate(
     n_batches: int = 3,
     n_types: int = 5,
     *,
+    type_shares: Sequence[float] | None = None,
+    batch_specific: int = 0,
+    close_pairs: int = 0,
+    close_difference: float = 0.3,
     de_fraction: float = 0.1,
     de_strength: float = 1.5,
     batch_strength: float = 0.2,
@@ -39,9 +44,26 @@ def simulate(
     Each cell type changes a random ``de_fraction`` of genes by log-fold changes
     drawn from ``N(0, de_strength)``; each batch scales every gene by
     ``exp(N(0, batch_strength))`` and shifts library sizes; cell-type proportions
-    differ between batches (Dirichlet). Counts are gamma-Poisson (NB) with
-    dispersion ``dispersion``. Generated ``chunk`` cells at a time, so memory
-    grows with the non-zero counts, not with cells x genes.
+    differ between batches. Counts are gamma-Poisson (NB) with dispersion
+    ``dispersion``. Generated ``chunk`` cells at a time, so memory grows with the
+    non-zero counts, not with cells x genes.
+
+    Parameters
+    ----------
+    type_shares
+        Overall share of each of the ``n_types`` types (e.g. one type holding half
+        the cells and several rare ones); each batch draws its own mix around it
+        (Dirichlet with concentration ``50 * share``). ``None``: every batch draws
+        its mix from a flat Dirichlet(2).
+    batch_specific
+        The last ``batch_specific`` types each exist in one batch only (type
+        ``n_types - 1 - i`` in batch ``i mod n_batches``), as a cell population
+        that only one donor or protocol captured.
+    close_pairs
+        The first ``2 * close_pairs`` types come in pairs whose second member is
+        the first plus a small difference: changes on ``de_fraction`` of genes of
+        ``close_difference`` times the usual strength (like the RNA mixtures of
+        CellBench, where groups differ by a fraction of their profile).
 
     Returns
     -------
@@ -50,12 +72,29 @@ def simulate(
     """
     rng = np.random.default_rng(seed)
     base = rng.normal(0.0, 2.0, n_genes)
-    de = (rng.random((n_types, n_genes)) < de_fraction) * rng.normal(
-        0, de_strength, (n_types, n_genes)
-    )
+
+    def changes(strength: float) -> np.ndarray:
+        return (rng.random((n_types, n_genes)) < de_fraction) * rng.normal(
+            0, strength, (n_types, n_genes)
+        )
+
+    de = changes(de_strength)
+    if close_pairs:
+        near = changes(de_strength * close_difference)
+        for i in range(close_pairs):
+            de[2 * i + 1] = de[2 * i] + near[2 * i + 1]
     batch_scale = rng.normal(0, batch_strength, (n_batches, n_genes))
     library_shift = rng.normal(0, 0.3, n_batches)
-    type_share = rng.dirichlet(np.full(n_types, 2.0), size=n_batches)
+    if type_shares is None:
+        type_share = rng.dirichlet(np.full(n_types, 2.0), size=n_batches)
+    else:
+        shares = np.asarray(type_shares, dtype=float)
+        type_share = rng.dirichlet(50 * shares / shares.sum(), size=n_batches)
+    for i in range(batch_specific):
+        kind = n_types - 1 - i
+        only = i % n_batches
+        type_share[:, kind] = np.where(np.arange(n_batches) == only, type_share[:, kind], 0)
+    type_share /= type_share.sum(axis=1, keepdims=True)
     batch = rng.integers(0, n_batches, n_cells)
     cell_type = np.array([rng.choice(n_types, p=type_share[b]) for b in batch])
     library = np.exp(rng.normal(np.log(3000) + library_shift[batch], 0.4))

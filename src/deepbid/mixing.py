@@ -1,0 +1,107 @@
+"""The batch-mixing term (paper eq. 10), estimated over all cells, not one minibatch.
+
+Weighted by cluster mass, eq. (10) is a divergence between the joint
+distribution of batch and cluster and a target batch mix per cluster:
+``D = sum_k w_k sum_B u_Bk log(u_Bk / t_Bk)``, with ``u_Bk`` batch ``B``'s share
+of soft cluster ``k`` and ``w_k`` the cluster's share of cells. With the overall
+batch mix as target (``t_Bk = v_B``) it is the mutual information between batch
+and cluster. Counted on the 128 cells of a minibatch over ~100 fine clusters,
+its plug-in value is biased by about ``(K - 1)(B - 1) / 2n`` nats and its
+gradient is mostly sampling noise, so :class:`BatchMix` keeps the batch x cluster
+counts of *all* cells: recounted exactly at every re-estimation, and between
+recounts a running (exponentially weighted) count whose time constant is one
+epoch. A minibatch then carries the divergence's exact per-cell gradient,
+``d D / d p_jk = log(u_{b_j k} / t_{b_j k}) / n``, through the surrogate
+:func:`surrogate`, whose mean over all cells is ``D`` itself.
+
+Counts arrive already summed over processes (the trainer reduces them), so
+nothing here talks to a process group.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_TINY = 1e-12
+
+
+def batch_cluster_counts(p: torch.Tensor, batch: torch.Tensor, n_batches: int) -> torch.Tensor:
+    """Soft counts ``(n_batches, K)`` of batch and cluster from ``(n, K)`` memberships."""
+    onehot = torch.nn.functional.one_hot(batch, n_batches).to(p.dtype)
+    return onehot.T @ p
+
+
+def cluster_batch_mix(counts: torch.Tensor) -> torch.Tensor:
+    """Each cluster's batch mix ``u`` ``(n_batches, K)`` from soft counts: columns sum to 1."""
+    return counts / counts.sum(dim=0, keepdim=True).clamp_min(_TINY)
+
+
+def divergence(counts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``sum_k w_k KL(u_k || t_k)`` of ``(n_batches, K)`` counts against target mixes ``t``.
+
+    Zero exactly when every cluster holds its target mix; with the overall batch
+    mix as target, the mutual information between batch and cluster (nats).
+    """
+    mass = counts.sum(dim=0)
+    u = cluster_batch_mix(counts)
+    kl = (u * (torch.log(u.clamp_min(_TINY)) - torch.log(target.clamp_min(_TINY)))).sum(dim=0)
+    return (mass / mass.sum().clamp_min(_TINY) * kl).sum()
+
+
+def surrogate(p: torch.Tensor, batch: torch.Tensor, log_ratio: torch.Tensor) -> torch.Tensor:
+    """Minibatch term ``mean_j sum_k p_jk log(u_{b_j k} / t_{b_j k})`` with the full-data
+    ``(n_batches, K)`` log-ratios held fixed.
+
+    Over all cells its mean is :func:`divergence` and its gradient with respect
+    to the memberships is the divergence's, so a minibatch gives an unbiased
+    estimate of both at any number of cells.
+    """
+    return (p * log_ratio[batch]).sum(dim=1).mean()
+
+
+class BatchMix:
+    """Running full-data batch x cluster counts and the target mix of each cluster.
+
+    Parameters
+    ----------
+    counts
+        ``(n_batches, K)`` soft counts over all cells (exact, from a full pass).
+    target
+        ``(n_batches, K)`` target batch mix of each cluster (columns sum to 1).
+    """
+
+    def __init__(self, counts: torch.Tensor, target: torch.Tensor) -> None:
+        self.counts = counts
+        self.target = target
+        self.n_cells = float(counts.sum())
+
+    def update(self, counts: torch.Tensor) -> None:
+        """Fold in the ``(n_batches, K)`` counts of one minibatch (of all processes).
+
+        The weight ``n / N`` gives the running count a time constant of one epoch:
+        it follows the latent space as it moves, with the variance of a count
+        over about ``N`` cells, not ``n``.
+        """
+        # (1 - n/N) * running + (n/N) * (counts scaled up to N cells)
+        self.counts = (1.0 - float(counts.sum()) / self.n_cells) * self.counts + counts
+
+    def log_ratio(self) -> torch.Tensor:
+        """``log(u_Bk / t_Bk)`` ``(n_batches, K)``: the per-cell gradient of :meth:`value`."""
+        u = cluster_batch_mix(self.counts)
+        return torch.log(u.clamp_min(_TINY)) - torch.log(self.target.clamp_min(_TINY))
+
+    def value(self) -> float:
+        """The divergence of the running counts from the targets, in nats, less its
+        sampling bias (Miller-Madow).
+
+        Counted over ``N`` cells, batches that are independent of the clusters
+        still read about ``(K - T)(B - 1) / 2N`` nats (``T`` distinct targets,
+        each estimated from the same cells): 0.05 nats for 100 clusters and 3
+        batches at 2,000 cells. The correction is a constant, so it leaves the
+        gradient alone.
+        """
+        n_batches, n_clusters = self.counts.shape
+        filled = int((self.counts.sum(dim=0) >= 1).sum())
+        n_targets = torch.unique(self.target, dim=1).shape[1]
+        bias = max(filled - n_targets, 0) * (n_batches - 1) / (2 * self.n_cells)
+        return max(float(divergence(self.counts, self.target)) - bias, 0.0)

@@ -1,0 +1,101 @@
+"""The batch-mixing estimator: full-data counts, an unbiased value at any number of
+cells, and a minibatch surrogate whose gradient is the full-data divergence's."""
+
+import numpy as np
+import pytest
+import torch
+
+from deepbid import cluster, mixing
+
+
+def _latent(n_cells, n_batches, separated, seed=0, dim=8):
+    """Cells around 20 type centres; batches share the distribution, or
+    (``separated``) every batch sits far from the others."""
+    rng = np.random.default_rng(seed)
+    types = rng.normal(0, 4, (20, dim))
+    batch = rng.integers(0, n_batches, n_cells)
+    h = types[rng.integers(0, 20, n_cells)] + rng.normal(0, 1, (n_cells, dim))
+    if separated:
+        h = h + 100.0 * np.eye(n_batches, dim)[batch]
+    return torch.tensor(h, dtype=torch.float64), torch.tensor(batch)
+
+
+def _fine(h):
+    """100 fine clusters and the temperature the trainer would use (membership 0.95)."""
+    centres, labels = cluster.kmeans(h, h[torch.randperm(h.shape[0])[:100]])
+    return centres, cluster.calibrate_temperature(h, labels, centres.shape[0])
+
+
+def _epoch_report(h, batch, n_batches, batch_size=128):
+    """What the trainer reports for one epoch: the running value after folding in
+    every minibatch, and the mean of the minibatch surrogate."""
+    torch.manual_seed(0)
+    centres, tau = _fine(h)
+    counts = sum(
+        mixing.batch_cluster_counts(cluster.memberships(part, centres, tau), b, n_batches)
+        for part, b in zip(torch.split(h, 4096), torch.split(batch, 4096), strict=True)
+    )
+    overall = counts.sum(dim=1, keepdim=True) / counts.sum()
+    estimate = mixing.BatchMix(counts, overall.expand_as(counts))
+    exact = estimate.value()
+    values = []
+    for idx in torch.randperm(h.shape[0]).split(batch_size):
+        p = cluster.memberships(h[idx], centres, tau)
+        estimate.update(mixing.batch_cluster_counts(p, batch[idx], n_batches))
+        values.append(float(mixing.surrogate(p, batch[idx], estimate.log_ratio())))
+    return exact, estimate.value(), float(np.mean(values))
+
+
+@pytest.mark.parametrize("n_cells", [2_000, 50_000])
+@pytest.mark.parametrize("n_batches", [2, 3])
+def test_mixed_batches_read_near_zero_at_any_size(n_cells, n_batches):
+    exact, running, surrogate = _epoch_report(*_latent(n_cells, n_batches, False), n_batches)
+    assert exact <= 0.02 and running <= 0.02
+
+
+def test_separated_batches_read_the_true_mutual_information():
+    n_batches = 3
+    h, batch = _latent(10_000, n_batches, True)
+    share = np.bincount(batch.numpy()) / len(batch)
+    truth = -(share * np.log(share)).sum()  # batch-pure clusters: MI = H(batch)
+    exact, running, surrogate = _epoch_report(h, batch, n_batches)
+    for value in (exact, running, surrogate):
+        assert value == pytest.approx(truth, rel=0.02)
+
+
+def test_surrogate_gradient_is_the_full_data_gradient():
+    """Summed over a partition of all cells into minibatches, the surrogate's
+    gradient (log-ratios held fixed) equals autograd through the full-data
+    divergence, for a global and for a per-cluster target."""
+    h, batch = _latent(600, 2, False, seed=1)
+    h = h + 2.0 * torch.nn.functional.one_hot(batch, 8).double()  # partly mixed
+    centres, tau = _fine(h)
+    for target_kind in ("global", "cluster"):
+        leaf = h.clone().requires_grad_(True)
+        counts = mixing.batch_cluster_counts(cluster.memberships(leaf, centres, tau), batch, 2)
+        if target_kind == "global":
+            target = (counts.sum(1, keepdim=True) / counts.sum()).expand_as(counts)
+        else:
+            target = torch.softmax(torch.randn(2, counts.shape[1], dtype=h.dtype), dim=0)
+        (grad_full,) = torch.autograd.grad(mixing.divergence(counts, target.detach()), leaf)
+        log_ratio = mixing.BatchMix(counts.detach(), target.detach()).log_ratio()
+        leaf = h.clone().requires_grad_(True)
+        total = sum(
+            mixing.surrogate(cluster.memberships(leaf[idx], centres, tau), batch[idx], log_ratio)
+            * len(idx)
+            / h.shape[0]
+            for idx in torch.arange(h.shape[0]).split(128)
+        )
+        (grad_surrogate,) = torch.autograd.grad(total, leaf)
+        assert grad_full.abs().max() > 0
+        torch.testing.assert_close(grad_surrogate, grad_full, rtol=1e-6, atol=1e-10)
+
+
+def test_divergence_is_zero_at_target_and_positive_elsewhere():
+    counts = torch.tensor([[30.0, 10.0], [30.0, 10.0]])
+    even = torch.full((2, 2), 0.5)
+    assert mixing.divergence(counts, even).item() == pytest.approx(0.0, abs=1e-9)
+    pure = torch.tensor([[40.0, 0.0], [0.0, 20.0]])
+    assert mixing.divergence(pure, even).item() == pytest.approx(np.log(2))
+    own = mixing.cluster_batch_mix(pure)
+    assert mixing.divergence(pure, own).item() == pytest.approx(0.0, abs=1e-9)

@@ -1,0 +1,40 @@
+"""README's result tables are the results files (benchmarks/readme_tables.py)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "readme_tables.py"
+_spec = importlib.util.spec_from_file_location("readme_tables", SCRIPT)
+readme_tables = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(readme_tables)
+
+
+def test_every_readme_block_equals_its_results_file():
+    text = readme_tables.README.read_text()
+    found = readme_tables.blocks(text)
+    assert "compare" in found
+    regenerated = readme_tables.blocks(readme_tables.render(text))
+    for name, body in found.items():
+        assert body == regenerated[name], (
+            f"README block {name!r} differs from benchmarks/results/{name}.md: "
+            "run python benchmarks/readme_tables.py"
+        )
+
+
+def test_render_fills_blocks_from_files(tmp_path):
+    (tmp_path / "a.md").write_text("| new a |\n")
+    (tmp_path / "b.md").write_text("| new b |")  # a missing final newline is added
+    text = (
+        "intro\n<!-- results:a -->\n| old |\n<!-- /results:a -->\n"
+        "mid\n<!-- results:b -->\n<!-- /results:b -->\nend\n"
+    )
+    assert readme_tables.render(text, tmp_path) == (
+        "intro\n<!-- results:a -->\n| new a |\n<!-- /results:a -->\n"
+        "mid\n<!-- results:b -->\n| new b |\n<!-- /results:b -->\nend\n"
+    )
+    only_b = readme_tables.render(text, tmp_path, {"b"})
+    assert readme_tables.blocks(only_b) == {"a": "| old |\n", "b": "| new b |\n"}
+    with pytest.raises(FileNotFoundError):
+        readme_tables.render(text, tmp_path / "elsewhere")
