@@ -1,106 +1,242 @@
-"""Quality of deepbid on the real datasets in ../shared/data (or given .h5ad paths).
+"""Quality of deepbid on the real datasets in ../shared/data and on simulated scenarios.
 
-Runs deepbid with its defaults (K estimated; K = 4 given for the DC file, whose
-benchmark fixes it) for several seeds, and the unintegrated baseline (PCA of the
-same log-normalised genes + Leiden at resolution 1) in the same process.
-Writes ``results/quality.csv`` (one row per dataset x seed),
-``results/quality_baseline.csv`` and ``results/quality.md`` (summary and checks).
+Runs deepbid with its defaults (K estimated everywhere) for several seeds and scores,
+on the cells it kept: ARI/NMI of its own clusters; ARI of k-means with the true K and
+of deepbid's K rule (Leiden, :func:`deepbid.k_estimate.estimate_partition`), both on
+its own embedding ``obsm["X_deepbid"]``; median iLISI over all cells and over the cells
+of types that several batches hold (with the best a perfect mixing could reach there:
+the inverse Simpson index of each such type's batch mix); median cLISI; seconds.
 
-    python benchmarks/quality.py                 # all shared datasets, 5 seeds
-    python benchmarks/quality.py --seeds 2 my.h5ad
+``--ablation`` runs the variants of the mixing term instead (no mixing term; the
+paper's KL2 over the K clusters; the fine partition toward the overall batch mix; the
+default) and writes ``ablation.{csv,md}``.
+
+    python benchmarks/quality.py                       # shared files + scenarios, 3 seeds
+    python benchmarks/quality.py --ablation --seeds 1
+    python benchmarks/quality.py --only sc_mixology_3cl --set kappa_local=50 --out /tmp/q
+
+Writes ``results/quality.csv`` (one row per dataset x seed) and ``results/quality.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import subprocess
+import time
 import warnings
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
+from sklearn.cluster import KMeans
 
-from deepbid import DeepBID
-from deepbid.evaluate import evaluate
+from deepbid import DeepBID, k_estimate, metrics
+from deepbid.datasets import simulate
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
-#: Benchmarks that fix K (the issue's protocol); every other file has K estimated.
-GIVEN_K = {"dc_villani_2batch_lognorm": 4}
+#: Simulated scenarios (``deepbid.datasets.simulate`` arguments), each a known failure
+#: mode of integration: types held by one batch only, one dominant type with rare
+#: ones, a pair of close types across six batches, and a strong batch effect.
+SCENARIOS = {
+    "sim_batch_specific": dict(
+        n_cells=3000, n_batches=3, n_types=8, batch_specific=2, type_shares=[1] * 8, seed=1
+    ),
+    "sim_dominant_rare": dict(
+        n_cells=4000,
+        n_batches=3,
+        n_types=8,
+        type_shares=[0.5, 0.2, 0.12, 0.1, 0.04, 0.018, 0.012, 0.01],
+        seed=2,
+    ),
+    "sim_close_6batches": dict(n_cells=3000, n_batches=6, n_types=6, close_pairs=1, seed=3),
+    "sim_strong_batch": dict(
+        n_cells=3000, n_batches=3, n_types=6, batch_specific=1, batch_strength=0.6, seed=4
+    ),
+}
+#: Variants of the mixing term compared by ``--ablation`` (settings of DeepBID).
+ABLATION = {
+    "no mixing term": dict(kappa2=0.0, kappa_local=0.0),
+    "paper KL2 (K clusters, overall mix, kappa2=100)": dict(kappa2=100.0, kappa_local=0.0),
+    "fine partition, overall mix (0.1's term)": dict(
+        kappa2=0.0, kappa_local=20.0, local_target="global"
+    ),
+    "default": {},
+}
+
+
+def provenance() -> dict[str, str | int]:
+    """Commit (``+dirty`` when src/ has uncommitted changes), date and core count."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=HERE, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") + (
+        "+dirty" if git("status", "--porcelain", "--", "../src") else ""
+    )
+    return {
+        "commit": commit,
+        "date": datetime.date.today().isoformat(),
+        "cores": os.cpu_count() or 1,
+    }
+
+
+def datasets(only: list[str] | None) -> dict[str, callable]:
+    """Name -> loader of every shared file and scenario (those in ``only``, if given)."""
+    loaders = {
+        path.stem: (lambda p=path: ad.read_h5ad(p)) for path in sorted(SHARED.glob("*.h5ad"))
+    }
+    loaders |= {name: (lambda a=args: simulate(**a)) for name, args in SCENARIOS.items()}
+    return {name: load for name, load in loaders.items() if not only or name in only}
+
+
+def shared_type_ilisi(
+    ilisi: np.ndarray, batch: np.ndarray, labels: np.ndarray
+) -> tuple[float, float]:
+    """Median iLISI over the cells of types that at least two batches hold (>= 10 cells
+    each), and the median of what perfect mixing gives them: the inverse Simpson index
+    of their type's batch mix."""
+    table = pd.crosstab(labels, batch)
+    shared = table.index[(table >= 10).sum(axis=1) >= 2]
+    mix = table.loc[shared].div(table.loc[shared].sum(axis=1), axis=0)
+    ideal = 1.0 / (mix**2).sum(axis=1)
+    cells = np.isin(labels, shared)
+    return float(np.median(ilisi[cells])), float(np.median(ideal.loc[labels[cells]].to_numpy()))
+
+
+def run(adata: ad.AnnData, seed: int, settings: dict) -> dict[str, float]:
+    """Fit deepbid on ``adata`` and score it (see the module docstring)."""
+    start = time.perf_counter()
+    model = DeepBID(seed=seed, progress=False, **settings).fit(adata, "batch")
+    seconds = time.perf_counter() - start
+    cells = model.train_view.cells
+    batch = adata.obs["batch"].astype(str).to_numpy()[cells]
+    labels = adata.obs["cell_type"].astype(str).to_numpy()[cells]
+    latent, clusters = model.latent(), model.clusters()
+    n_types = np.unique(labels).size
+    kmeans = KMeans(n_types, n_init=10, random_state=seed).fit_predict(latent)
+    rule, _ = k_estimate.estimate_partition(latent, batch, seed)
+    ilisi = metrics.lisi(latent, batch)
+    shared, ideal = shared_type_ilisi(ilisi, batch, labels)
+    return {
+        "n_batches": np.unique(batch).size,
+        "true_k": n_types,
+        "n_clusters": int(model.centres.shape[0]),
+        "ari": metrics.ari(labels, clusters),
+        "nmi": metrics.nmi(labels, clusters),
+        "ari_kmeans_true_k": metrics.ari(labels, kmeans),
+        "ari_k_rule_on_latent": metrics.ari(labels, rule),
+        "ilisi_median": float(np.median(ilisi)),
+        "ilisi_shared_types": shared,
+        "ilisi_shared_ideal": ideal,
+        "clisi_median": float(np.median(metrics.lisi(latent, labels))),
+        "seconds": seconds,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="*", help=".h5ad files (default: all in shared/data)")
-    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--only", nargs="+", help="dataset or scenario names")
+    parser.add_argument("--ablation", action="store_true", help="compare mixing-term variants")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override DeepBID settings (numbers or strings)",
+    )
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    paths = [Path(p) for p in args.paths] or sorted(SHARED.glob("*.h5ad"))
-    rows, baseline = [], []
-    for path in paths:
-        adata = ad.read_h5ad(path)
-        name = path.stem
-        for seed in range(args.seeds):
-            model = DeepBID(n_clusters=GIVEN_K.get(name), seed=seed, progress=False)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _, table = evaluate(
-                    adata, model, "batch", layer=None, label_key="cell_type", figures=None
+    overrides = {k: _parse(v) for k, v in (item.split("=", 1) for item in args.set)}
+    variants = ABLATION if args.ablation else {"default": {}}
+    stamp = provenance()
+    rows = []
+    for name, load in datasets(args.only).items():
+        adata = load()
+        for variant, settings in variants.items():
+            for seed in range(args.seeds):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    row = run(adata, seed, {**settings, **overrides})
+                rows.append({"dataset": name, "variant": variant, "seed": seed, **row, **stamp})
+                print(
+                    {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()},
+                    flush=True,
                 )
-            ours, base = table.loc["deepbid"], table.loc["unintegrated PCA + Leiden"]
-            rows.append({"dataset": name, "seed": seed, **ours.to_dict()})
-            baseline.append({"dataset": name, "seed": seed, **base.drop("seconds").to_dict()})
-            print(
-                pd.DataFrame(rows[-1:]).to_string(
-                    index=False, header=len(rows) == 1, float_format="%.3f"
-                ),
-                flush=True,
-            )
-    columns = [
-        "dataset",
-        "seed",
-        "n_clusters",
-        "ari",
-        "nmi",
-        "ilisi_median",
-        "clisi_median",
-        "seconds",
-    ]
-    results = pd.DataFrame(rows)[columns]
-    base = pd.DataFrame(baseline)[columns[:-1]]
+    results = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results.to_csv(out / "quality.csv", index=False)
-    base.to_csv(out / "quality_baseline.csv", index=False)
-    (out / "quality.md").write_text(summary(results, base))
-    print(summary(results, base))
+    stem = "ablation" if args.ablation else "quality"
+    results.to_csv(out / f"{stem}.csv", index=False)
+    text = ablation_table(results) if args.ablation else summary(results)
+    (out / f"{stem}.md").write_text(text)
+    print(text)
 
 
-def summary(results: pd.DataFrame, base: pd.DataFrame) -> str:
-    """Markdown: per dataset, deepbid mean and sd over seeds against the baseline."""
-    metrics = ["n_clusters", "ari", "nmi", "ilisi_median", "clisi_median"]
-    ours = results.groupby("dataset")[metrics + ["seconds"]].agg(["mean", "std"])
-    theirs = base.groupby("dataset")[metrics].mean()
-    lines = [
-        "| dataset | K | ARI (sd) | NMI | median iLISI | median cLISI | seconds "
-        "| PCA+Leiden K | PCA+Leiden ARI | PCA iLISI |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name in ours.index:
-        o, t = ours.loc[name], theirs.loc[name]
-        lines.append(
-            f"| {name} | {o[('n_clusters', 'mean')]:.1f} | {o[('ari', 'mean')]:.3f} "
-            f"({o[('ari', 'std')]:.3f}) | {o[('nmi', 'mean')]:.3f} "
-            f"| {o[('ilisi_median', 'mean')]:.3f} | {o[('clisi_median', 'mean')]:.3f} "
-            f"| {o[('seconds', 'mean')]:.1f} | {t['n_clusters']:.1f} | {t['ari']:.3f} "
-            f"| {t['ilisi_median']:.3f} |"
-        )
-    n_seeds = results.groupby("dataset").size().max()
+def _parse(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _header(results: pd.DataFrame) -> str:
+    first = results.iloc[0]
     return (
-        f"deepbid defaults, {n_seeds} seeds per dataset (mean, sd over seeds); baseline: PCA "
-        "(50) of the same log-normalised genes, Leiden at resolution 1.\n\n"
-        + "\n".join(lines)
-        + "\n"
+        f"commit {first['commit']}, {first['date']}, {first['cores']} cores; "
+        f"{results['seed'].nunique()} seed(s) per dataset, mean (sd) over seeds.\n\n"
     )
+
+
+def summary(results: pd.DataFrame) -> str:
+    """Markdown: per dataset, mean and sd over seeds of every score."""
+    grouped = results.groupby("dataset", sort=False)
+    mean, sd = grouped.mean(numeric_only=True), grouped.std(numeric_only=True).fillna(0.0)
+    lines = [
+        "| dataset | batches | K true | K (mean) | ARI (sd) | NMI | ARI k-means true K "
+        "| ARI K rule on X_deepbid | median iLISI (sd) | iLISI shared types / ideal "
+        "| median cLISI | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in mean.index:
+        m, s = mean.loc[name], sd.loc[name]
+        lines.append(
+            f"| {name} | {m['n_batches']:.0f} | {m['true_k']:.0f} | {m['n_clusters']:.1f} "
+            f"| {m['ari']:.3f} ({s['ari']:.3f}) | {m['nmi']:.3f} | {m['ari_kmeans_true_k']:.3f} "
+            f"| {m['ari_k_rule_on_latent']:.3f} | {m['ilisi_median']:.3f} ({s['ilisi_median']:.3f}) "
+            f"| {m['ilisi_shared_types']:.3f} / {m['ilisi_shared_ideal']:.3f} "
+            f"| {m['clisi_median']:.3f} | {m['seconds']:.1f} |"
+        )
+    return _header(results) + "\n".join(lines) + "\n"
+
+
+def ablation_table(results: pd.DataFrame) -> str:
+    """Markdown: ARI and median iLISI of every variant on every dataset, and the mean
+    over datasets of ARI + iLISI / number of batches."""
+    results = results.assign(score=results["ari"] + results["ilisi_median"] / results["n_batches"])
+    mean = results.groupby(["dataset", "variant"], sort=False).mean(numeric_only=True)
+    names = list(dict.fromkeys(results["dataset"]))
+    variants = list(dict.fromkeys(results["variant"]))
+    lines = [
+        "| variant | " + " | ".join(names) + " | mean ARI + iLISI/B |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for variant in variants:
+        cells = [
+            f"{mean.loc[(n, variant), 'ari']:.3f} / {mean.loc[(n, variant), 'ilisi_median']:.2f}"
+            for n in names
+        ]
+        overall = mean.xs(variant, level="variant")["score"].mean()
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {overall:.3f} |")
+    return _header(results) + "Each cell: ARI / median iLISI.\n\n" + "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -25,20 +25,6 @@ def test_nb_nll_finite_at_extremes_in_float32():
     assert torch.isfinite(losses.nb_nll(x, mu, theta)).all()
 
 
-def test_kl_batch_mix_zero_when_mixed_positive_otherwise():
-    batch = torch.tensor([0, 0, 1, 1, 1, 1])
-    mixed = torch.tensor([[0.7, 0.3]] * 6)  # same memberships whatever the batch
-    assert losses.kl_batch_mix(mixed, batch, 2).item() == pytest.approx(0.0, abs=1e-6)
-    split = torch.tensor([[1.0, 0.0]] * 2 + [[0.0, 1.0]] * 4)
-    # clusters are pure batches: KL2 equals the batch entropy (mutual information)
-    v = torch.tensor([1 / 3, 2 / 3])
-    assert losses.kl_batch_mix(split, batch, 2).item() == pytest.approx(
-        float(-(v * v.log()).sum()), rel=1e-4
-    )
-    partial = torch.tensor([[0.9, 0.1]] * 2 + [[0.4, 0.6]] * 4)
-    assert losses.kl_batch_mix(partial, batch, 2).item() > 1e-3
-
-
 def test_adaptive_kmeans_formula():
     rng = np.random.default_rng(0)
     h, c = rng.normal(size=(7, 3)), rng.normal(size=(2, 3))

@@ -99,3 +99,33 @@ def test_divergence_is_zero_at_target_and_positive_elsewhere():
     assert mixing.divergence(pure, even).item() == pytest.approx(np.log(2))
     own = mixing.cluster_batch_mix(pure)
     assert mixing.divergence(pure, own).item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_alignment_surrogate_gradient_is_the_full_data_gradient():
+    """The alignment term's minibatch surrogates, summed over a partition of the cells,
+    carry autograd's gradient of the full-data share of variance that batch explains
+    inside clusters; a cluster held by one batch alone adds nothing."""
+    rng = np.random.default_rng(2)
+    batch = torch.tensor(rng.integers(0, 2, 400))
+    p = torch.softmax(torch.tensor(rng.normal(0, 2, (400, 3))), dim=1)
+    h = torch.tensor(rng.normal(0, 1, (400, 5))) + 0.8 * batch[:, None]
+    leaf = h.clone().requires_grad_(True)
+    sums, counts = mixing.batch_cluster_sums(leaf, p, batch, 2)
+    spread = float((h - (p.T @ h / p.sum(0)[:, None])[p.argmax(1)]).pow(2).sum())
+    full = mixing.BatchAlignment(sums, counts, spread)
+    weights, deviations = full._deviations()
+    value = (weights * counts * deviations.pow(2).sum(dim=2)).sum() / spread
+    (grad_full,) = torch.autograd.grad(value, leaf)
+    held = mixing.BatchAlignment(sums.detach(), counts, spread)
+    assert held.value() == pytest.approx(value.item())
+    leaf = h.clone().requires_grad_(True)
+    total = sum(
+        mixing.alignment_surrogate(leaf[idx], p[idx], batch[idx], held) * len(idx) / len(h)
+        for idx in torch.arange(len(h)).split(128)
+    )
+    (grad_surrogate,) = torch.autograd.grad(total, leaf)
+    torch.testing.assert_close(grad_surrogate, grad_full, rtol=1e-6, atol=1e-10)
+
+    alone = torch.zeros(400, dtype=torch.long)
+    sums, counts = mixing.batch_cluster_sums(h, p, alone, 2)
+    assert mixing.BatchAlignment(sums, counts, spread).value() == pytest.approx(0.0, abs=1e-12)

@@ -75,6 +75,20 @@ def test_load_rejects_a_file_that_is_not_a_model(tmp_path):
         DeepBID.load(path)
 
 
+def test_load_names_a_model_of_another_version(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": 1}, path)
+    with pytest.raises(InputError, match="another deepbid version"):
+        DeepBID.load(path)
+
+
+def test_unknown_setting_is_named():
+    with pytest.raises(InputError, match="unknown setting.*kapa2"):
+        DeepBID(kapa2=5.0)
+    with pytest.raises(InputError, match="local_target"):
+        DeepBID(local_target="everywhere")
+
+
 TINY = {
     **FAST,
     "latent_dim": 4,

@@ -6,7 +6,7 @@ import scipy.sparse as sp
 from conftest import FAST
 
 from deepbid import DeepBID, evaluate, metrics, plotting, train
-from deepbid.model import DEFAULT_EPOCHS, FULL_EPOCH_CELLS, scaled_epochs
+from deepbid.settings import DEFAULT_EPOCHS, FULL_EPOCH_CELLS, scaled_epochs
 
 
 def test_epochs_are_the_papers_up_to_the_threshold_then_shrink():

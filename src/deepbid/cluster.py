@@ -205,14 +205,19 @@ def n_mixing_clusters(n_cells: int) -> int:
 
 
 def mixing_partition(
-    h: torch.Tensor, n_clusters: int, seed: int, previous: torch.Tensor | None = None
+    h: torch.Tensor,
+    n_clusters: int,
+    seed: int,
+    previous: torch.Tensor | None = None,
+    membership: float = MEMBERSHIP_TARGET,
 ) -> tuple[torch.Tensor, float]:
     """Fine centres ``(<= n_clusters, d)`` over which the batch-mixing KL is evaluated
     (k-means on the ``(n, d)`` codes), and the temperature of their memberships.
 
     k-means starts from ``previous`` centres when given (the trainer passes the
     last epoch's, so the partition moves with the latent space instead of being
-    redrawn), else from k-means++ seeds on a sample of cells.
+    redrawn), else from k-means++ seeds on a sample of cells. The temperature gives
+    cells a mean ``membership`` in their own fine cluster.
     """
     if previous is None or previous.shape[0] != n_clusters:
         (sample,) = gathered_sample((h.cpu().numpy(),), KMEANS_INIT_CELLS, seed)
@@ -223,6 +228,6 @@ def mixing_partition(
             distributed.broadcast_object(seeds), dtype=h.dtype, device=h.device
         )
     fine, labels = kmeans(h, previous)
-    temperature = calibrate_temperature(h, labels, fine.shape[0])
+    temperature = calibrate_temperature(h, labels, fine.shape[0], membership)
     filled = distributed.all_sum(torch.bincount(labels, minlength=fine.shape[0])) > 0
     return fine[filled], temperature

@@ -105,3 +105,88 @@ class BatchMix:
         n_targets = torch.unique(self.target, dim=1).shape[1]
         bias = max(filled - n_targets, 0) * (n_batches - 1) / (2 * self.n_cells)
         return max(float(divergence(self.counts, self.target)) - bias, 0.0)
+
+
+def batch_cluster_sums(
+    h: torch.Tensor, p: torch.Tensor, batch: torch.Tensor, n_batches: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Membership-weighted sums ``(n_batches, K, d)`` of the ``(n, d)`` codes and the
+    soft counts ``(n_batches, K)`` behind them, from ``(n, K)`` memberships."""
+    onehot = torch.nn.functional.one_hot(batch, n_batches).to(p.dtype)
+    weights = (onehot[:, :, None] * p[:, None, :]).reshape(h.shape[0], -1)  # (n, B * K)
+    sums = (weights.T @ h).reshape(n_batches, p.shape[1], h.shape[1])
+    return sums, weights.sum(dim=0).reshape(n_batches, p.shape[1])
+
+
+class BatchAlignment:
+    """Running full-data centroids of every batch within every cluster.
+
+    Its value is the share of the latent variance that batch explains inside the
+    clusters, ``sum_Bk w_Bk n_Bk ||m_Bk - m_k||^2 / sum_jk p_jk ||h_j - m_k||^2`` (0:
+    every batch of a cluster sits on the cluster's centroid; ``m_k`` the
+    ``w n``-weighted mean of the batch centroids ``m_Bk``, ``w`` see
+    :meth:`_weights`). Unlike the mutual information of :class:`BatchMix`, whose
+    gradient fades once a batch's cells lie outside the reach of the other
+    batches' clusters, its gradient moves every cell by its batch's offset in
+    its cluster, however far. A cluster that
+    one batch holds alone has no offset, so a type captured by one batch only is
+    left where it is.
+
+    Parameters
+    ----------
+    sums, counts
+        From :func:`batch_cluster_sums` over all cells.
+    spread
+        Within-cluster sum of squares of all cells, ``sum_j sum_k p_jk ||h_j - m_k||^2``.
+    """
+
+    def __init__(self, sums: torch.Tensor, counts: torch.Tensor, spread: float) -> None:
+        self.sums, self.counts = sums, counts
+        self.spread = max(spread, _TINY)
+        self.n_cells = float(counts.sum())
+
+    def update(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        """Fold in one minibatch's sums and counts (of all processes); time constant one epoch."""
+        keep = 1.0 - float(counts.sum()) / self.n_cells
+        self.sums = keep * self.sums + sums
+        self.counts = keep * self.counts + counts
+
+    def _weights(self) -> torch.Tensor:
+        """``(n_batches, K)`` trust in each batch's centroid in each cluster:
+        ``min(1, u_Bk / v_B)``, its share of the cluster over its share of all cells.
+        A batch far below its usual share of a cluster is more likely a few cells of
+        a neighbouring type than the cluster's own cells seen through a batch effect;
+        pulling them onto the cluster would merge that type into it."""
+        u = cluster_batch_mix(self.counts)
+        v = self.counts.sum(dim=1, keepdim=True) / self.counts.sum()
+        return (u / v.clamp_min(_TINY)).clamp(max=1.0)
+
+    def _deviations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self._weights()
+        batch_mean = self.sums / self.counts.clamp_min(_TINY)[:, :, None]
+        mass = (weights * self.counts)[:, :, None]
+        centre = (mass * batch_mean).sum(dim=0) / mass.sum(dim=0).clamp_min(_TINY)
+        return weights, batch_mean - centre[None]
+
+    def offsets(self) -> torch.Tensor:
+        """``w_Bk (m_Bk - m_k)`` ``(n_batches, K, d)``: each batch's weighted offset from
+        its cluster's (weighted) centroid: the per-cell gradient of :meth:`value`."""
+        weights, deviations = self._deviations()
+        return weights[:, :, None] * deviations
+
+    def value(self) -> float:
+        """Weighted share of the within-cluster spread that batch explains (0 to 1)."""
+        weights, deviations = self._deviations()
+        between = (weights * self.counts * deviations.pow(2).sum(dim=2)).sum()
+        return float(between) / self.spread
+
+
+def alignment_surrogate(
+    h: torch.Tensor, p: torch.Tensor, batch: torch.Tensor, alignment: BatchAlignment
+) -> torch.Tensor:
+    """Minibatch term whose gradient is :meth:`BatchAlignment.value`'s with the
+    centroids and memberships held: ``mean_j sum_k p_jk 2 h_j . (m_{b_j k} - m_k) / S``
+    scaled to the data's ``N`` cells by the mean over the minibatch."""
+    offsets = alignment.offsets()[batch]  # (n, K, d)
+    pull = (p[:, :, None] * offsets).sum(dim=1)  # (n, d)
+    return 2.0 * (h * pull).sum(dim=1).mean() * alignment.n_cells / alignment.spread

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import pickle
 from collections.abc import Sequence
@@ -18,22 +16,12 @@ from .data import DataView, prepare, prepare_like
 from .errors import InputError
 from .files import write_atomically
 from .module import Autoencoder
-from .train import Settings, Trainer, denoise, embed
+from .settings import Settings
+from .train import Trainer, denoise, embed
 
-#: From this many cells the paper switches to its large-data weights.
-LARGE_DATA_CELLS = 10_000
-#: Up to this many cells every phase runs the paper's epochs; beyond it epochs
-#: shrink in proportion, so a phase takes about the same number of optimiser
-#: steps at any size (scVI scales its epochs the same way).
-FULL_EPOCH_CELLS = 5_000
-#: Paper epochs of each phase, and the fewest a large data set gets.
-DEFAULT_EPOCHS = {"layer_epochs": (10, 1), "pretrain_epochs": (20, 2), "epochs": (20, 3)}
-
-
-def scaled_epochs(name: str, n_cells: int) -> int:
-    """Epochs of phase ``name`` (a key of :data:`DEFAULT_EPOCHS`) for ``n_cells`` cells."""
-    default, minimum = DEFAULT_EPOCHS[name]
-    return max(minimum, min(default, math.ceil(default * FULL_EPOCH_CELLS / n_cells)))
+#: Version of the file :meth:`DeepBID.save` writes (2: cluster proportions, settings
+#: with the gene count).
+FORMAT = 2
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -66,41 +54,9 @@ class DeepBID:
     ----------
     n_clusters
         Number of clusters ``K``; ``None`` estimates it from the data.
-    latent_dim, hidden_dim
-        Widths of the latent code and of the outer hidden layers.
-    n_top_genes
-        Highly variable genes taken per batch (their union is used).
-    epochs, pretrain_epochs, layer_epochs
-        Epochs of the clustering phase, of the stacked pretraining and of each
-        layer-wise pretraining stage. ``None``: the paper's 20, 20 and 10 up to
-        :data:`FULL_EPOCH_CELLS` cells, proportionally fewer above (at least 3,
-        2 and 1), so that large data sets take about as many steps as small ones.
-    batch_size
-        Cells per minibatch, over all processes of a distributed run.
-    lr
-        Adam learning rate for every phase.
-    lambda1, lambda2
-        Weights of the k-means loss and of the weight penalty; ``None`` takes the
-        paper's values for the data size (5 and 0.01 below 10^4 cells, else 1 and 1e-4).
-    kappa1
-        Weight of the within-batch self-training KL (eq. 7-9).
-    kappa2
-        Weight of the paper's batch-mixing KL (eq. 10) over the K clusters: every
-        cluster toward the overall batch mix.
-    kappa_local
-        Weight of the batch-mixing KL over a fine partition of the latent space:
-        every small neighbourhood toward the batch mix of ``local_target``.
-    local_target
-        ``"cluster"``: the batch mix of the cluster holding the neighbourhood (batches
-        mix inside a cell type; types held by some batches only stay theirs);
-        ``"global"``: the overall batch mix (as Harmony's diversity penalty).
-    weighted_memberships
-        Weight eq. (14) by the clusters' proportions, as a mixture model does.
-    n_mixing_clusters
-        Size of the fine partition of ``kappa_local``;
-        ``None``: about one cluster per 30 cells, at most 100 (Harmony's default).
-    conditional_decoder
-        Feed the batch to the decoder (see README).
+    **settings
+        Any field of :class:`~deepbid.settings.Settings` (``latent_dim``, ``epochs``,
+        ``kappa2``, ``kappa_local``, ...); the defaults live there.
     seed
         Seeds every random choice; the same seed gives the same result on one machine.
     device
@@ -119,26 +75,10 @@ class DeepBID:
         self,
         n_clusters: int | None = None,
         *,
-        latent_dim: int = 300,
-        hidden_dim: int = 500,
-        n_top_genes: int = 1000,
-        epochs: int | None = None,
-        pretrain_epochs: int | None = None,
-        layer_epochs: int | None = None,
-        batch_size: int = 128,
-        lr: float = 1e-3,
-        lambda1: float | None = None,
-        lambda2: float | None = None,
-        kappa1: float = 0.01,
-        kappa2: float = 20.0,
-        kappa_local: float = 20.0,
-        local_target: str = "cluster",
-        weighted_memberships: bool = True,
-        n_mixing_clusters: int | None = None,
-        conditional_decoder: bool = True,
         seed: int = 0,
         device: str = "auto",
         progress: bool = True,
+        **settings,
     ) -> None:
         if n_clusters is not None and (
             not isinstance(n_clusters, (int, np.integer)) or n_clusters < 2
@@ -147,27 +87,10 @@ class DeepBID:
                 f"n_clusters must be an integer >= 2 or None (estimate it), got {n_clusters!r}"
             )
         self.n_clusters = n_clusters
-        self.n_top_genes = n_top_genes
+        self.options = Settings.given(**settings)
         self.seed = seed
         self.device = resolve_device(device)
         self.progress = progress
-        self._options = dict(
-            hidden_dim=hidden_dim,
-            latent_dim=latent_dim,
-            conditional_decoder=conditional_decoder,
-            batch_size=batch_size,
-            lr=lr,
-            kappa1=kappa1,
-            kappa2=kappa2,
-            kappa_local=kappa_local,
-            local_target=local_target,
-            weighted_memberships=weighted_memberships,
-            n_mixing_clusters=n_mixing_clusters,
-        )
-        self._lambdas = (lambda1, lambda2)
-        self._epochs = dict(
-            layer_epochs=layer_epochs, pretrain_epochs=pretrain_epochs, epochs=epochs
-        )
         self.module: Autoencoder | None = None
         self.train_view: DataView | None = None
         self._train_p: np.ndarray | None = None
@@ -186,23 +109,14 @@ class DeepBID:
 
         ``adata`` is read, never modified.
         """
-        view = prepare(adata, batch_key, layer=layer, genes=genes, n_top_genes=self.n_top_genes)
+        view = prepare(
+            adata, batch_key, layer=layer, genes=genes, n_top_genes=self.options.n_top_genes
+        )
         if self.n_clusters is not None and self.n_clusters > view.n_cells:
             raise InputError(
                 f"n_clusters={self.n_clusters} is more than the {view.n_cells} usable cells"
             )
-        large = view.n_cells >= LARGE_DATA_CELLS
-        lambda1, lambda2 = self._lambdas
-        epochs = {
-            name: value if value is not None else scaled_epochs(name, view.n_cells)
-            for name, value in self._epochs.items()
-        }
-        self.settings = Settings(
-            **self._options,
-            **epochs,
-            lambda1=lambda1 if lambda1 is not None else (1.0 if large else 5.0),
-            lambda2=lambda2 if lambda2 is not None else (1e-4 if large else 0.01),
-        )
+        self.settings = self.options.for_cells(view.n_cells)
         torch.manual_seed(self.seed)
         self.module = Autoencoder(
             view.n_genes,
@@ -286,7 +200,7 @@ class DeepBID:
         """Write the trained model to one file (written to a temporary name, then renamed)."""
         self._check_fitted()
         state = {
-            "format": 1,
+            "format": FORMAT,
             "state_dict": self.module.state_dict(),
             "settings": self.settings.to_dict(),
             "centres": self.centres,
@@ -299,7 +213,6 @@ class DeepBID:
             "batch_key": self.batch_key,
             "layer": self.layer,
             "seed": self.seed,
-            "n_top_genes": self.n_top_genes,
             "history": self.history,
         }
         write_atomically(path, lambda tmp: torch.save(state, tmp))
@@ -311,15 +224,20 @@ class DeepBID:
             state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
             raise InputError(f"cannot read a deepbid model from {path}: {err}") from None
-        if not isinstance(state, dict) or state.get("format") != 1:
+        if not isinstance(state, dict) or "format" not in state:
             raise InputError(f"cannot read a deepbid model from {path}: not written by save()")
+        if state["format"] != FORMAT:
+            raise InputError(
+                f"{path} was written by another deepbid version (model format "
+                f"{state['format']}, this version reads {FORMAT}); fit the model again"
+            )
         settings = Settings(**state["settings"])
         model = cls(
             n_clusters=int(state["centres"].shape[0]),
             seed=state["seed"],
             device=device,
-            n_top_genes=state["n_top_genes"],
             progress=False,
+            **state["settings"],
         )
         model.settings = settings
         model.module = Autoencoder(
@@ -341,11 +259,10 @@ class DeepBID:
     def settings_dict(self) -> dict:
         """Everything needed to reproduce the run, for ``uns``."""
         return {
-            **dataclasses.asdict(self.settings),
+            **self.settings.to_dict(),
             "n_clusters": int(self.centres.shape[0]),
             "n_clusters_given": self.n_clusters,
             "membership_temperature": self.temperature,
-            "n_top_genes": self.n_top_genes,
             "seed": self.seed,
             "device": str(self.device),
             "batch_key": self.batch_key,

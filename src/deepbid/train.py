@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -14,34 +13,10 @@ from . import cluster, distributed, losses, mixing
 from .data import DataView
 from .errors import TrainingError
 from .module import Autoencoder
+from .settings import Settings
 
 #: Cells per forward pass when embedding or decoding the whole data set.
 CHUNK = 4096
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Hyper-parameters of one training run (see the README for each default)."""
-
-    hidden_dim: int = 500
-    latent_dim: int = 300
-    conditional_decoder: bool = True
-    batch_size: int = 128
-    lr: float = 1e-3
-    layer_epochs: int = 10
-    pretrain_epochs: int = 20
-    epochs: int = 20
-    lambda1: float = 5.0
-    lambda2: float = 0.01
-    kappa1: float = 0.01
-    kappa2: float = 20.0
-    kappa_local: float = 20.0
-    local_target: str = "cluster"
-    weighted_memberships: bool = True
-    n_mixing_clusters: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _batch(view: DataView, idx: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -185,8 +160,9 @@ class Trainer:
             }
 
         s = self.settings
-        self._epochs(view, "cluster", s.epochs, self.module.parameters(), self.cluster_terms,
-                     bar, update)
+        self._epochs(
+            view, "cluster", s.epochs, self.module.parameters(), self.cluster_terms, bar, update
+        )
         self.temperature = self.state["tau"]
         self.log_weights = self.state["log_weights"]
         return self.state["centres"], self.state["p"]
@@ -224,9 +200,20 @@ class Trainer:
         )
         overall = type_counts.sum(dim=1, keepdim=True) / type_counts.sum()
         state["across"] = mixing.BatchMix(type_counts, overall.expand_as(type_counts))
+        if s.kappa_align > 0:
+            sums, counts = mixing.batch_cluster_sums(
+                h, state["p"], self.batch_codes, self.n_batches
+            )
+            sums, counts = distributed.all_sum(sums), distributed.all_sum(counts)
+            centroids = sums.sum(dim=0) / counts.sum(dim=0).clamp_min(1e-12)[:, None]
+            spread = (
+                distributed.all_sum(h.pow(2).sum())
+                - (counts.sum(dim=0) * centroids.pow(2).sum(dim=1)).sum()
+            )
+            state["align"] = mixing.BatchAlignment(sums, counts, float(spread))
         if s.kappa_local > 0:
             state["mix"], state["tau_mix"] = cluster.mixing_partition(
-                h, self.n_mix, self.seed, state.get("mix")
+                h, self.n_mix, self.seed, state.get("mix"), s.local_membership
             )
             p_fine = torch.cat(
                 [
@@ -253,6 +240,8 @@ class Trainer:
         report = {"mixing_across_nats": self.state["across"].value()}
         if "local" in self.state:
             report["mixing_local_nats"] = self.state["local"].value()
+        if "align" in self.state:
+            report["batch_share_in_clusters"] = self.state["align"].value()
         return report
 
     def cluster_terms(
@@ -285,11 +274,18 @@ class Trainer:
                 continue
             p = cluster.memberships(h, centres, tau, log_weights)
             state[key].update(
-                distributed.all_sum(
-                    mixing.batch_cluster_counts(p.detach(), batch, self.n_batches)
-                )
+                distributed.all_sum(mixing.batch_cluster_counts(p.detach(), batch, self.n_batches))
             )
             terms[name] = weight * mixing.surrogate(p, batch, state[key].log_ratio())
+        if "align" in state:
+            p = state["p"][idx]
+            state["align"].update(
+                *map(
+                    distributed.all_sum,
+                    mixing.batch_cluster_sums(h.detach(), p, batch, self.n_batches),
+                )
+            )
+            terms["align"] = s.kappa_align * mixing.alignment_surrogate(h, p, batch, state["align"])
         return terms
 
 

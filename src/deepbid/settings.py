@@ -1,0 +1,137 @@
+"""Every hyper-parameter of deepbid and its default, in one place.
+
+A few defaults depend on the number of cells (the paper's large-data weights,
+and epochs that shrink above :data:`FULL_EPOCH_CELLS` cells so that a phase
+takes about the same number of optimiser steps at any size); those fields are
+``None`` until :meth:`Settings.for_cells` resolves them. The README's defaults
+table gives the evidence behind each value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .errors import InputError
+
+#: From this many cells the paper switches to its large-data weights.
+LARGE_DATA_CELLS = 10_000
+#: Up to this many cells every phase runs the paper's epochs; beyond it epochs
+#: shrink in proportion, so a phase takes about the same number of optimiser
+#: steps at any size (scVI scales its epochs the same way).
+FULL_EPOCH_CELLS = 5_000
+#: Paper epochs of each phase, and the fewest a large data set gets.
+DEFAULT_EPOCHS = {"layer_epochs": (10, 1), "pretrain_epochs": (20, 2), "epochs": (20, 3)}
+#: The paper's (lambda1, lambda2) below and from LARGE_DATA_CELLS cells.
+PAPER_LAMBDAS = {False: (5.0, 0.01), True: (1.0, 1e-4)}
+
+
+def scaled_epochs(name: str, n_cells: int) -> int:
+    """Epochs of phase ``name`` (a key of :data:`DEFAULT_EPOCHS`) for ``n_cells`` cells."""
+    default, minimum = DEFAULT_EPOCHS[name]
+    return max(minimum, min(default, math.ceil(default * FULL_EPOCH_CELLS / n_cells)))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Hyper-parameters of one training run.
+
+    Attributes
+    ----------
+    hidden_dim, latent_dim
+        Widths of the outer hidden layers and of the latent code ``h``.
+    n_top_genes
+        Highly variable genes taken per batch (their union is used).
+    conditional_decoder
+        Feed the batch (one-hot) to the decoder.
+    batch_size
+        Cells per minibatch, over all processes of a distributed run.
+    lr
+        Adam learning rate of every phase.
+    layer_epochs, pretrain_epochs, epochs
+        Epochs of each layer-wise pretraining stage, of the stacked pretraining and
+        of the clustering phase; ``None``: the paper's 10, 20 and 20 up to
+        :data:`FULL_EPOCH_CELLS` cells, proportionally fewer above (at least 1, 2, 3).
+    lambda1, lambda2
+        Weights of the k-means loss ``L_A`` and of the weight penalty ``L_O``;
+        ``None``: the paper's (5, 0.01) below :data:`LARGE_DATA_CELLS` cells, else (1, 1e-4).
+    kappa1
+        Weight of the within-batch self-training KL (eq. 7-9).
+    kappa2
+        Weight of the paper's batch-mixing KL (eq. 10) over the K clusters: every
+        cluster toward the overall batch mix.
+    kappa_local
+        Weight of the batch-mixing KL over a fine partition of the latent space:
+        every small neighbourhood toward the batch mix of ``local_target``.
+    local_target
+        ``"cluster"``: the batch mix of the cluster holding the neighbourhood
+        (batches mix inside a cell type; a type that only some batches hold is not
+        pushed into the others); ``"global"``: the overall batch mix (Harmony's
+        diversity penalty; deepbid 0.1's term).
+    local_membership
+        Mean membership of cells in their own fine cluster, which sets the temperature
+        of the fine memberships: lower spreads each cell over the neighbouring
+        clusters, so that the mixing gradient reaches clusters held by other batches.
+    kappa_align
+        Weight of the share of latent variance that batch explains inside the K
+        clusters (:class:`~deepbid.mixing.BatchAlignment`): moves each batch's cells
+        of a cluster onto the cluster's centroid.
+    weighted_memberships
+        Weight eq. (14) by the clusters' proportions, as a mixture model does.
+    n_mixing_clusters
+        Size of the fine partition; ``None``: one cluster per 30 cells, at most 100
+        (Harmony's default).
+    """
+
+    hidden_dim: int = 500
+    latent_dim: int = 300
+    n_top_genes: int = 1000
+    conditional_decoder: bool = True
+    batch_size: int = 128
+    lr: float = 1e-3
+    layer_epochs: int | None = None
+    pretrain_epochs: int | None = None
+    epochs: int | None = None
+    lambda1: float | None = None
+    lambda2: float | None = None
+    kappa1: float = 0.01
+    kappa2: float = 20.0
+    kappa_local: float = 20.0
+    local_target: str = "cluster"
+    local_membership: float = 0.95
+    kappa_align: float = 0.0
+    weighted_memberships: bool = True
+    n_mixing_clusters: int | None = None
+
+    @classmethod
+    def given(cls, **values) -> Settings:
+        """Settings from user keywords, with a clear error for an unknown name or target."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"unknown setting(s) {unknown}; known: {sorted(names)}")
+        settings = cls(**values)
+        if settings.local_target not in ("cluster", "global"):
+            raise InputError(
+                f"local_target must be 'cluster' or 'global', got {settings.local_target!r}"
+            )
+        return settings
+
+    def for_cells(self, n_cells: int) -> Settings:
+        """These settings with every size-dependent default resolved for ``n_cells``."""
+        epochs = {
+            name: scaled_epochs(name, n_cells)
+            for name in DEFAULT_EPOCHS
+            if getattr(self, name) is None
+        }
+        lambda1, lambda2 = PAPER_LAMBDAS[n_cells >= LARGE_DATA_CELLS]
+        return dataclasses.replace(
+            self,
+            **epochs,
+            lambda1=lambda1 if self.lambda1 is None else self.lambda1,
+            lambda2=lambda2 if self.lambda2 is None else self.lambda2,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
