@@ -207,6 +207,9 @@ def main() -> None:
     parser.add_argument("--cells", nargs="+", type=int, default=[5000, 20000, 50000, 100000])
     parser.add_argument("--scvi-cells", nargs="*", type=int, default=[5000, 20000])
     parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument(
+        "--batch-specific", type=int, default=0, help="types each held by one batch only"
+    )
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when present) or 'cpu'")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
@@ -219,9 +222,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in sorted(set(args.cells) | set(scvi_cells)):
             path = str(Path(tmp) / f"sim_{n}.h5ad")
-            deepbid.datasets.simulate(n, args.genes, n_batches=3, n_types=8, seed=0).write_h5ad(
-                path
-            )
+            deepbid.datasets.simulate(
+                n, args.genes, n_batches=3, n_types=8, batch_specific=args.batch_specific, seed=0
+            ).write_h5ad(path)
             runs = (("deepbid", args.cells), ("scvi", scvi_cells))
             methods = [method for method, sizes in runs if n in sizes]
             for method in methods:

@@ -10,7 +10,7 @@ from deepbid.data import prepare
 from deepbid.module import Autoencoder
 from deepbid.train import Settings, Trainer, _batch, embed
 
-TERMS = ["nb", "kmeans", "weights", "kl_within", "kl_mix", "kl_local"]
+TERMS = ["nb", "kmeans", "weights", "kl_within", "kl_mix", "kl_local", "align"]
 
 
 class Bar:
@@ -64,7 +64,7 @@ def test_each_term_reaches_encoder_through_the_trainer_step(started, term):
 
 
 def test_switched_off_mixing_terms_are_not_computed(small):
-    view, module, trainer = _trainer(small, kappa2=0.0, kappa_local=0.0)
+    view, module, trainer = _trainer(small, kappa2=0.0, kappa_local=0.0, kappa_align=0.0)
     trainer.start_clustering(view, embed(module, view, torch.device("cpu")), view.batch_codes)
     idx = np.arange(64)
     terms = trainer.cluster_terms(*_batch(view, idx, torch.device("cpu")), idx)
@@ -81,5 +81,5 @@ def test_training_lowers_loss_on_real_data(small):
     history = trainer.history["cluster"]
     assert history["total"][-1] < history["total"][0]
     assert trainer.history["pretrain"]["nb"][-1] < trainer.history["pretrain"]["nb"][0]
-    for term in (*TERMS, "mixing_across_nats", "mixing_local_nats"):
+    for term in (*TERMS, "mixing_across_nats", "mixing_local_nats", "batch_share_in_clusters"):
         assert len(history[term]) == 3 and np.isfinite(history[term]).all()

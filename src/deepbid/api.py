@@ -121,7 +121,10 @@ def write_results(
         "settings": model.settings_dict(),
         "genes": np.asarray(model.genes, dtype=object),
         "batches": np.asarray(model.batch_categories, dtype=object),
-        "k_estimation": {k: np.asarray(v) for k, v in model.k_estimate.items()},
+        "k_estimation": {
+            stage: {k: np.asarray(v) for k, v in report.items()}
+            for stage, report in model.k_estimate.items()
+        },
         "history": {
             phase: {term: np.asarray(v) for term, v in terms.items()}
             for phase, terms in model.history.items()

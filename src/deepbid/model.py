@@ -135,10 +135,20 @@ class DeepBID:
         with tqdm(total=total, desc="deepbid", unit="epoch", disable=quiet) as bar:
             trainer.pretrain(local, bar)
             h = embed(self.module, local, self.device)
-            labels, self.k_estimate = k_estimate.initial_partition(
+            labels, first = k_estimate.initial_partition(
                 h.cpu().numpy(), local.batch_codes, self.n_clusters, self.seed
             )
-            centres, p = trainer.cluster(local, h, labels, bar)
+            self.k_estimate = {"pretrained": first}
+
+            def repartition(codes: torch.Tensor) -> np.ndarray:
+                labels, self.k_estimate["halfway"] = k_estimate.initial_partition(
+                    codes.cpu().numpy(), local.batch_codes, None, self.seed
+                )
+                return labels
+
+            centres, p = trainer.cluster(
+                local, h, labels, bar, repartition if self.n_clusters is None else None
+            )
         self.centres, self.temperature = centres.cpu(), trainer.temperature
         self.log_weights = None if trainer.log_weights is None else trainer.log_weights.cpu()
         self.history = trainer.history

@@ -96,11 +96,11 @@ class Settings:
     lambda1: float | None = None
     lambda2: float | None = None
     kappa1: float = 0.01
-    kappa2: float = 20.0
+    kappa2: float = 2.0
     kappa_local: float = 20.0
     local_target: str = "cluster"
     local_membership: float = 0.95
-    kappa_align: float = 0.0
+    kappa_align: float = 100.0
     weighted_memberships: bool = True
     n_mixing_clusters: int | None = None
 

@@ -136,26 +136,53 @@ class Trainer:
         self._epochs(view, "pretrain", s.pretrain_epochs, m.parameters(), stacked, bar)
 
     def cluster(
-        self, view: DataView, h: torch.Tensor, labels: np.ndarray, bar: tqdm
+        self,
+        view: DataView,
+        h: torch.Tensor,
+        labels: np.ndarray,
+        bar: tqdm,
+        repartition: Callable[[torch.Tensor], np.ndarray] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Optimise eq. (11) from the hard starting ``labels`` of the ``(n, d)``
         pretrained codes ``h``; re-estimate the temperature, ``C`` and ``P``
         (eq. 13-14, to stability), the fine partition and the full-data batch
-        counts of the mixing terms after every epoch.
+        statistics of the mixing terms after every epoch.
+
+        ``repartition`` (codes -> hard labels), when given, draws the partition
+        afresh once, after half the epochs, and fuzzy k-means restarts from it if
+        it has more clusters: on codes whose batches have been mixed, types that
+        the pretrained codes blurred together (with batch effects) can come apart.
 
         Returns
         -------
         ``(centres (K, d), memberships (n, K))`` at the end of training.
         """
         self.start_clustering(view, h, labels)
+        halfway = self.settings.epochs // 2
+        epoch = 0
 
         def update() -> dict[str, float]:
+            nonlocal epoch
+            epoch += 1
             old = self.state["p"]
-            iterations = self.reestimate(embed(self.module, view, self.device))
+            codes = embed(self.module, view, self.device)
+            if repartition is not None and epoch == halfway:
+                labels = repartition(codes)
+                # only a finer partition is taken: mixing can pull types together
+                # as well as apart, and a merged type cannot be recovered
+                if distributed.all_max(int(labels.max()) + 1) > self.state["p"].shape[1]:
+                    self.set_partition(labels)
+            iterations = self.reestimate(codes)
+            change = (
+                (self.state["p"] - old).abs().sum(dim=1).mean().item() / 2
+                if self.state["p"].shape == old.shape
+                else 1.0
+            )
             return {
-                "membership_change": (self.state["p"] - old).abs().sum(dim=1).mean().item() / 2,
+                "membership_change": change,
                 "fuzzy_iterations": float(iterations),
                 "temperature": self.state["tau"],
+                "n_clusters": float(self.state["p"].shape[1]),
                 **self.mixing_report(),
             }
 
@@ -167,15 +194,20 @@ class Trainer:
         self.log_weights = self.state["log_weights"]
         return self.state["centres"], self.state["p"]
 
+    def set_partition(self, labels: np.ndarray) -> None:
+        """Hard memberships ``(n, K)`` from ``(n,)`` labels, dropping clusters no
+        process holds."""
+        k = distributed.all_max(int(labels.max()) + 1)
+        p = torch.nn.functional.one_hot(
+            torch.as_tensor(labels, dtype=torch.long, device=self.device), k
+        ).to(self.state_dtype)
+        self.state["p"] = p[:, distributed.all_sum(p.sum(dim=0)) > 0]
+
     def start_clustering(self, view: DataView, h: torch.Tensor, labels: np.ndarray) -> None:
         """Set up the clustering phase on the ``(n, d)`` codes ``h`` of ``view``'s cells,
-        starting from hard ``labels`` ``(n,)``: C, P and the mixing counts."""
-        k = distributed.all_max(int(labels.max()) + 1)
-        p0 = torch.nn.functional.one_hot(
-            torch.as_tensor(labels, dtype=torch.long, device=self.device), k
-        ).to(h.dtype)
-        p0 = p0[:, distributed.all_sum(p0.sum(dim=0)) > 0]  # no empty starting cluster
-        self.state = {"p": p0}
+        starting from hard ``labels`` ``(n,)``: C, P and the mixing statistics."""
+        self.state, self.state_dtype = {}, h.dtype
+        self.set_partition(labels)
         self.n_batches = view.n_batches
         self.batch_codes = torch.as_tensor(view.batch_codes, dtype=torch.long, device=self.device)
         n_total = int(distributed.all_sum(torch.tensor(view.n_cells)).item())
