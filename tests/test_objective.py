@@ -8,7 +8,8 @@ from sklearn.cluster import KMeans
 
 from deepbid.data import prepare
 from deepbid.module import Autoencoder
-from deepbid.train import Settings, Trainer, _batch, embed
+from deepbid.settings import Settings
+from deepbid.train import Trainer, _batch, embed
 
 TERMS = ["nb", "kmeans", "weights", "kl_within", "kl_mix", "kl_local", "align"]
 
@@ -34,7 +35,7 @@ def _trainer(small, **overrides):
         epochs=3,
         n_mixing_clusters=12,
         **overrides,
-    )
+    ).for_cells(view.n_cells)
     return view, module, Trainer(module, settings, torch.device("cpu"), seed=0)
 
 

@@ -15,16 +15,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import deepbid
-from deepbid import DeepBID, InputError, InputWarning, TrainingError, losses
+from deepbid import DeepBID, InputError, InputWarning, TrainingError, mixing
 
 
 def test_nan_loss_stops_with_phase_epoch_and_term(small, monkeypatch):
-    def broken(p, batch, n_batches):
+    def broken(p, batch, log_ratio):
         return p.sum() * torch.tensor(float("nan"))
 
-    monkeypatch.setattr(losses, "kl_batch_mix", broken)
+    monkeypatch.setattr(mixing, "surrogate", broken)
     out = small.copy()
-    with pytest.raises(TrainingError, match=r"cluster epoch 1: loss term\(s\) \['kl_mix'\]"):
+    with pytest.raises(
+        TrainingError, match=r"cluster epoch 1: loss term\(s\) \['kl_mix', 'kl_local'\]"
+    ):
         deepbid.integrate(out, "batch", n_clusters=3, **FAST)
     assert "X_deepbid" not in out.obsm and "deepbid" not in out.uns
 
