@@ -1,17 +1,31 @@
 """Fuzzy k-means in the latent space (paper eq. 13-14), its temperature, and the
 hard k-means of the fine partition the batch-mixing term is measured over.
 
-The maths here takes no process-group decisions of its own beyond summing the
-statistics it is given over processes (identities without a process group).
+The maths functions take a ``reduce`` that sums a statistic over all cells:
+the identity (the default) in one process; under ``torch.distributed`` the
+trainer passes :func:`deepbid.distributed.all_sum`, so every process reaches
+the same centres. Only :func:`mixing_partition` and the sampling helpers, which
+orchestrate a k-means run across processes, use the process group themselves.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from sklearn.cluster import kmeans_plusplus
 
 from . import distributed
+
+#: Sums a per-process statistic over all cells.
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def local(statistic: torch.Tensor) -> torch.Tensor:
+    """The statistic of this process's cells alone (one process holds them all)."""
+    return statistic
+
 
 #: Mean membership of cells in their own cluster that eq. 14's temperature is set
 #: to give. Softer memberships pull the centres of small clusters toward their large
@@ -47,10 +61,10 @@ def memberships(
     return torch.softmax(logits, dim=1)
 
 
-def log_proportions(p: torch.Tensor) -> torch.Tensor:
+def log_proportions(p: torch.Tensor, reduce: Reduce = local) -> torch.Tensor:
     """``log pi_k`` ``(K,)``: log of each cluster's share of the memberships ``(n, K)``
-    of all cells (summed over processes)."""
-    mass = distributed.all_sum(p.sum(dim=0))
+    of all cells."""
+    mass = reduce(p.sum(dim=0))
     return torch.log((mass / mass.sum()).clamp_min(1e-12))
 
 
@@ -60,6 +74,7 @@ def calibrate_temperature(
     n_clusters: int | None = None,
     target: float = MEMBERSHIP_TARGET,
     n_steps: int = 30,
+    reduce: Reduce = local,
 ) -> float:
     """The largest temperature ``<= 1`` at which eq. (14) keeps the starting partition.
 
@@ -81,14 +96,14 @@ def calibrate_temperature(
         Number of labels (default: the largest label + 1); empty ones are dropped.
     """
     onehot = torch.nn.functional.one_hot(labels, n_clusters or int(labels.max()) + 1).to(h.dtype)
-    filled = distributed.all_sum(onehot.sum(dim=0)) > 0
-    distance = torch.cdist(h, centres(h, onehot)[filled])
+    filled = reduce(onehot.sum(dim=0)) > 0
+    distance = torch.cdist(h, centres(h, onehot, reduce)[filled])
     own = (torch.cumsum(filled.long(), 0) - 1)[labels]
-    n_total = distributed.all_sum(torch.tensor(float(h.shape[0]), device=h.device))
+    n_total = reduce(torch.tensor(float(h.shape[0]), device=h.device))
 
     def agreement(t: float) -> float:
         own_share = torch.softmax(-distance / t, dim=1).gather(1, own[:, None]).sum()
-        return (distributed.all_sum(own_share) / n_total).item()
+        return (reduce(own_share) / n_total).item()
 
     if agreement(1.0) >= target:
         return 1.0
@@ -99,11 +114,10 @@ def calibrate_temperature(
     return float(10.0**lo)
 
 
-def centres(h: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Cluster centres, eq. (13): membership-weighted means, ``(n, d), (n, K) -> (K, d)``
-    (sums over the cells of every process)."""
-    weights = distributed.all_sum(p.sum(dim=0)).clamp_min(1e-12)
-    return distributed.all_sum(p.T @ h) / weights[:, None]
+def centres(h: torch.Tensor, p: torch.Tensor, reduce: Reduce = local) -> torch.Tensor:
+    """Cluster centres, eq. (13): membership-weighted means, ``(n, d), (n, K) -> (K, d)``."""
+    weights = reduce(p.sum(dim=0)).clamp_min(1e-12)
+    return reduce(p.T @ h) / weights[:, None]
 
 
 def fuzzy_kmeans(
@@ -113,6 +127,7 @@ def fuzzy_kmeans(
     weighted: bool = True,
     max_iter: int = 20,
     tol: float = 1e-4,
+    reduce: Reduce = local,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
     """Alternate eq. (13) and (14) from memberships ``p`` until they stabilise.
 
@@ -136,17 +151,17 @@ def fuzzy_kmeans(
     -------
     ``(centres (K, d), memberships (n, K), log proportions (K,) or None, iterations run)``.
     """
-    size = distributed.all_sum(torch.tensor(float(p.numel()), device=p.device))
+    size = reduce(torch.tensor(float(p.numel()), device=p.device))
     log_weights = None
     for iteration in range(1, max_iter + 1):  # noqa: B007 (returned)
-        c = centres(h, p)
-        log_weights = log_proportions(p) if weighted else None
+        c = centres(h, p, reduce)
+        log_weights = log_proportions(p, reduce) if weighted else None
         new_p = memberships(h, c, temperature, log_weights)
-        change = (distributed.all_sum((new_p - p).abs().sum()) / size).item()
+        change = (reduce((new_p - p).abs().sum()) / size).item()
         p = new_p
         if change < tol:
             break
-    return centres(h, p), p, log_weights, iteration
+    return centres(h, p, reduce), p, log_weights, iteration
 
 
 def nearest(h: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -157,10 +172,12 @@ def nearest(h: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans(
-    h: torch.Tensor, init: torch.Tensor, max_iter: int = KMEANS_ITERATIONS
+    h: torch.Tensor,
+    init: torch.Tensor,
+    max_iter: int = KMEANS_ITERATIONS,
+    reduce: Reduce = local,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means from centres ``init`` ``(K, d)``; sums and counts are
-    all-reduced, so every process ends with the same centres.
+    """Lloyd's k-means from centres ``init`` ``(K, d)``.
 
     Returns
     -------
@@ -169,11 +186,11 @@ def kmeans(
     c, labels = init, nearest(h, init)
     for _ in range(max_iter):
         k = c.shape[0]
-        sums = distributed.all_sum(torch.zeros_like(c).index_add_(0, labels, h))
-        counts = distributed.all_sum(torch.bincount(labels, minlength=k).to(h.dtype))
+        sums = reduce(torch.zeros_like(c).index_add_(0, labels, h))
+        counts = reduce(torch.bincount(labels, minlength=k).to(h.dtype))
         c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
         new_labels = nearest(h, c)
-        moved = distributed.all_sum((new_labels != labels).sum())
+        moved = reduce((new_labels != labels).sum())
         labels = new_labels
         if moved.item() == 0:
             break
@@ -227,7 +244,9 @@ def mixing_partition(
         previous = torch.as_tensor(
             distributed.broadcast_object(seeds), dtype=h.dtype, device=h.device
         )
-    fine, labels = kmeans(h, previous)
-    temperature = calibrate_temperature(h, labels, fine.shape[0], membership)
+    fine, labels = kmeans(h, previous, reduce=distributed.all_sum)
+    temperature = calibrate_temperature(
+        h, labels, fine.shape[0], membership, reduce=distributed.all_sum
+    )
     filled = distributed.all_sum(torch.bincount(labels, minlength=fine.shape[0])) > 0
     return fine[filled], temperature

@@ -223,9 +223,11 @@ class Trainer:
         # the latent scale drifts during training: recalibrate eq. 14's
         # temperature on the current partition each time, or centres collapse
         k = state["p"].shape[1]
-        state["tau"] = cluster.calibrate_temperature(h, state["p"].argmax(dim=1), k)
+        state["tau"] = cluster.calibrate_temperature(
+            h, state["p"].argmax(dim=1), k, reduce=distributed.all_sum
+        )
         state["centres"], state["p"], state["log_weights"], iterations = cluster.fuzzy_kmeans(
-            h, state["p"], state["tau"], s.weighted_memberships
+            h, state["p"], state["tau"], s.weighted_memberships, reduce=distributed.all_sum
         )
         type_counts = distributed.all_sum(
             mixing.batch_cluster_counts(state["p"], self.batch_codes, self.n_batches)
