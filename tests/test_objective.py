@@ -4,6 +4,7 @@ reaches the encoder, and training lowers the objective."""
 import numpy as np
 import pytest
 import torch
+from conftest import FAST
 from sklearn.cluster import KMeans
 
 from deepbid.data import prepare
@@ -23,19 +24,14 @@ class Bar:
 
 
 def _trainer(small, **overrides):
-    view = prepare(small, "batch", n_top_genes=300)
+    """The small network and short schedule of the other tests (``FAST``)."""
+    settings = Settings.given(
+        **{k: v for k, v in FAST.items() if k != "progress"}, n_mixing_clusters=12, **overrides
+    )
+    view = prepare(small, "batch", n_top_genes=settings.n_top_genes)
+    settings = settings.for_cells(view.n_cells)
     torch.manual_seed(0)
-    module = Autoencoder(view.n_genes, view.n_batches, hidden_dim=64, latent_dim=16)
-    settings = Settings(
-        hidden_dim=64,
-        latent_dim=16,
-        batch_size=64,
-        layer_epochs=1,
-        pretrain_epochs=2,
-        epochs=3,
-        n_mixing_clusters=12,
-        **overrides,
-    ).for_cells(view.n_cells)
+    module = Autoencoder(view.n_genes, view.n_batches, settings.hidden_dim, settings.latent_dim)
     return view, module, Trainer(module, settings, torch.device("cpu"), seed=0)
 
 
@@ -83,4 +79,4 @@ def test_training_lowers_loss_on_real_data(small):
     assert history["total"][-1] < history["total"][0]
     assert trainer.history["pretrain"]["nb"][-1] < trainer.history["pretrain"]["nb"][0]
     for term in (*TERMS, "mixing_across_nats", "mixing_local_nats", "batch_share_in_clusters"):
-        assert len(history[term]) == 3 and np.isfinite(history[term]).all()
+        assert len(history[term]) == FAST["epochs"] and np.isfinite(history[term]).all()
