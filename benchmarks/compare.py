@@ -210,7 +210,7 @@ def run_deepbid(adata: ad.AnnData, seed: int, quick: bool) -> dict:
 # -- one process per run: its own time and memory ------------------------------------------
 
 
-def _memory_mb(field: str) -> float:
+def memory_mb(field: str) -> float:
     """``VmRSS``/``VmHWM`` of this process in MB (NaN where /proc is absent)."""
     try:
         with open("/proc/self/status") as status:
@@ -229,7 +229,7 @@ def _reset_peak() -> float:
             refs.write("5")
     except OSError:
         pass
-    return _memory_mb("VmRSS")
+    return memory_mb("VmRSS")
 
 
 def _child(
@@ -243,7 +243,7 @@ def _child(
     start = time.perf_counter()
     result = globals()[f"run_{method}"](adata, seed, quick)
     seconds = time.perf_counter() - start
-    peak = _memory_mb("VmHWM")
+    peak = memory_mb("VmHWM")
     out.put({**result, "seconds": seconds, "peak_rss_mb": peak, "peak_added_mb": peak - baseline})
 
 

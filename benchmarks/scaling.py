@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from compare import markdown, peak_rss_mb
+from compare import memory_mb
 from sklearn.cluster import KMeans
 
 import deepbid
@@ -49,6 +49,17 @@ from deepbid.data import prepare
 from deepbid.evaluate import leiden
 
 HERE = Path(__file__).resolve().parent
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A Markdown table of ``frame`` (numbers to 3 decimals)."""
+
+    def cell(value) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join(lines) + "\n"
 
 
 def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
@@ -103,7 +114,7 @@ def run_deepbid(path: str, device: str) -> dict:
     adata = ad.read_h5ad(path)
     deepbid.integrate(adata, "batch", seed=0, device=device, progress=False)
     seconds = time.perf_counter() - start
-    peak = peak_rss_mb()
+    peak = memory_mb("VmHWM")
     info = adata.uns["deepbid"]
     history = info["history"]
     step_seconds = sum(float(np.sum(terms["seconds"])) for terms in history.values())
@@ -144,7 +155,7 @@ def run_scvi(path: str, device: str) -> dict:
     model.train(accelerator=accelerator, enable_progress_bar=False)
     embedding = model.get_latent_representation()
     seconds = time.perf_counter() - start
-    peak = peak_rss_mb()
+    peak = memory_mb("VmHWM")
     labels = adata.obs["cell_type"].astype(str).to_numpy()[view.cells]
     clusters = leiden(embedding, seed=0)
     return {
