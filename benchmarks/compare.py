@@ -63,9 +63,8 @@ from scipy.sparse.csgraph import dijkstra
 from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 
-from deepbid import DeepBID, metrics, plotting
+from deepbid import DeepBID, k_estimate, metrics, plotting
 from deepbid.data import DataView, prepare
-from deepbid.k_estimate import estimate_partition
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -333,21 +332,6 @@ def representation(result: dict) -> Representation:
 # -- scoring: one function for every method ------------------------------------------------
 
 
-def leiden_graph(graph: sp.spmatrix, resolution: float, seed: int = 0) -> np.ndarray:
-    """Leiden clusters ``(n,)`` of an undirected weighted graph (scanpy, igraph flavour)."""
-    holder = ad.AnnData(np.zeros((graph.shape[0], 1), dtype=np.float32))
-    sc.tl.leiden(
-        holder,
-        resolution=resolution,
-        adjacency=graph,
-        random_state=seed,
-        flavor="igraph",
-        n_iterations=-1,
-        directed=False,
-    )
-    return holder.obs["leiden"].astype(str).to_numpy()
-
-
 def protocol(name: str, labels: np.ndarray, clusters: np.ndarray | None) -> dict[str, float]:
     """``k_``, ``ari_`` and ``nmi_`` of one clustering protocol (NaN where not applicable)."""
     if clusters is None:
@@ -364,11 +348,11 @@ def clustering_scores(
 ) -> dict[str, float]:
     """ARI and NMI of the four protocols (the module docstring); the protocols that need
     an embedding (K rule, k-means) are NaN for a graph method."""
-    sweep = {r: leiden_graph(rep.connectivities, r, seed) for r in SWEEP}
+    sweep = {r: k_estimate.leiden(rep.connectivities, r, seed).astype(str) for r in SWEEP}
     best = max(SWEEP, key=lambda r: metrics.ari(labels, sweep[r]))
     rule = kmeans = None
     if rep.embedding is not None:
-        rule, _ = estimate_partition(rep.embedding, pd.Categorical(batch).codes, seed)
+        rule, _ = k_estimate.estimate_partition(rep.embedding, pd.Categorical(batch).codes, seed)
         n_types = np.unique(labels).size
         kmeans = KMeans(n_types, n_init=10, random_state=seed).fit_predict(rep.embedding)
     return {

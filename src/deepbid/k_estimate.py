@@ -116,6 +116,24 @@ def within_batch_silhouette(
     return float(np.average(scores, weights=weights)) if scores else -1.0
 
 
+def leiden(graph: sp.spmatrix, resolution: float, seed: int = 0) -> np.ndarray:
+    """Leiden clusters ``(n,)`` (integers from 0) of an undirected ``(n, n)`` graph
+    (scanpy, igraph flavour, iterated to convergence)."""
+    holder = ad.AnnData(np.zeros((graph.shape[0], 1), dtype=np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.tl.leiden(
+            holder,
+            resolution=resolution,
+            adjacency=graph,
+            random_state=seed,
+            flavor="igraph",
+            n_iterations=-1,
+            directed=False,
+        )
+    return holder.obs["leiden"].cat.codes.to_numpy().astype(np.int64)
+
+
 def estimate_partition(h: np.ndarray, batch: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
     """Estimate the number of clusters and a starting partition (see module docstring).
 
@@ -127,7 +145,6 @@ def estimate_partition(h: np.ndarray, batch: np.ndarray, seed: int) -> tuple[np.
     """
     batch = np.unique(batch, return_inverse=True)[1]
     x = _pca(h, seed)
-    holder = ad.AnnData(np.zeros((h.shape[0], 1), dtype=np.float32))
     partitions = []
     report = {"graph": [], "resolution": [], "n_clusters": [], "score": []}
     graphs = {
@@ -136,18 +153,7 @@ def estimate_partition(h: np.ndarray, batch: np.ndarray, seed: int) -> tuple[np.
     }
     for name, graph in graphs.items():
         for resolution in RESOLUTIONS:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                sc.tl.leiden(
-                    holder,
-                    resolution=resolution,
-                    adjacency=graph,
-                    random_state=seed,
-                    flavor="igraph",
-                    n_iterations=-1,
-                    directed=False,
-                )
-            labels = holder.obs["leiden"].cat.codes.to_numpy().astype(np.int64)
+            labels = leiden(graph, resolution, seed)
             n_clusters = int(labels.max()) + 1
             score = within_batch_silhouette(x, labels, batch, seed) if n_clusters > 1 else -1.0
             partitions.append(labels)
