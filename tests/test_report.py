@@ -62,6 +62,9 @@ class _Images(html.parser.HTMLParser):
 @pytest.mark.parametrize("label", [True, False])
 def test_report_page_embeds_every_figure(small, tmp_path, label):
     source = tmp_path / "in.h5ad"
+    # every third cell's label hidden, for the label transfer
+    hidden = [i % 3 == 0 for i in range(small.n_obs)]
+    small.obs["partial"] = small.obs["cell_type"].astype(str).where(~pd.Series(hidden).to_numpy())
     small.write_h5ad(source)
     argv = [
         "integrate",
@@ -76,7 +79,8 @@ def test_report_page_embeds_every_figure(small, tmp_path, label):
         "3",
         "--quiet",
     ]
-    assert main(argv + (["--label-key", "cell_type"] if label else [])) == 0
+    labelled = ["--label-key", "cell_type", "--transfer-labels", "partial"]
+    assert main(argv + (labelled if label else [])) == 0
     parser = _Images()
     parser.feed((tmp_path / "report" / "report.html").read_text())
     assert len(parser.sources) == len(FIGURES)
@@ -90,3 +94,7 @@ def test_report_page_embeds_every_figure(small, tmp_path, label):
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert "rank_genes_groups" in out.uns
     assert ("deepbid_markers" in out.uns) == label
+    assert ("Labels transferred to partial_deepbid" in parser.headings) == label
+    if label:
+        transferred = out.obs["partial_deepbid"].astype(str)[hidden]
+        assert (transferred == out.obs["cell_type"].astype(str)[hidden]).mean() > 0.8

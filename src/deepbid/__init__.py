@@ -9,6 +9,7 @@ from .api import OUTPUT_KEYS, integrate
 from .errors import InputError, InputWarning, TrainingError
 from .markers import markers
 from .model import DeepBID
+from .transfer import transfer_labels
 
 __all__ = [
     "DeepBID",
@@ -20,5 +21,6 @@ __all__ = [
     "integrate",
     "markers",
     "metrics",
+    "transfer_labels",
 ]
 __version__ = "0.1.0"

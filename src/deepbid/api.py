@@ -17,8 +17,9 @@ OUTPUT_KEYS = {
     "obsm['X_{key}']": "integrated latent embedding, cells x latent_dim",
     "obs['{key}_cluster']": "hard cluster labels (categorical '0'..'K-1')",
     "obsm['{key}_membership']": "soft assignments P, cells x K (rows sum to 1)",
-    "obsm['{key}_denoised']": "denoised expression, cells x genes used (DataFrame with gene "
-    "columns): the NB mean in counts at the median library size; not with denoised=False",
+    "obsm['{key}_denoised']": "batch-corrected denoised expression, cells x genes used "
+    "(DataFrame with gene columns): the NB mean averaged over decoding in every batch, in "
+    "counts at the median library size; not with denoised=False",
     "var['{key}_gene']": "whether each gene was used by the model",
     "uns['{key}']": "settings, genes, batches, K estimation and per-epoch loss history",
 }
@@ -37,6 +38,7 @@ def integrate(
     key_added: str = "deepbid",
     progress: bool = True,
     denoised: bool = True,
+    transform_batch: str | Sequence[str] | None = "average",
     **model_kwargs: Any,
 ) -> ad.AnnData | None:
     """Integrate batches, cluster and denoise the cells of ``adata`` with DeepBID.
@@ -66,6 +68,11 @@ def integrate(
     denoised
         Write the denoised matrix, the one dense cells x genes output (at 10^6
         cells and 2,000 genes, 8 GB); ``False`` skips it.
+    transform_batch
+        Batch(es) every cell is decoded in for the denoised matrix: ``"average"`` (the
+        mean over all batches: the batch effect removed), one batch name, or ``None``
+        (each cell in its own batch, the batch effect kept); see
+        :meth:`DeepBID.denoised`.
     **model_kwargs
         Further settings of :class:`~deepbid.DeepBID` (``epochs``, ``kappa2``, ...).
 
@@ -87,38 +94,46 @@ def integrate(
     )
     model.fit(adata, batch_key, layer=layer, genes=genes)
     target = adata.copy() if copy else adata
-    write_results(target, model, key_added, denoised=denoised)
+    write_results(target, model, key_added, denoised=denoised, transform_batch=transform_batch)
     return target if copy else None
 
 
 def write_results(
-    adata: ad.AnnData, model: DeepBID, key: str = "deepbid", *, denoised: bool = True
+    adata: ad.AnnData,
+    model: DeepBID,
+    key: str = "deepbid",
+    *,
+    denoised: bool = True,
+    transform_batch: str | Sequence[str] | None = "average",
 ) -> None:
-    """Write a model's results for its training cells into ``adata`` (see :data:`OUTPUT_KEYS`)."""
-    cells = model.train_view.cells
-    n = adata.n_obs
+    """Write a model's results for the cells of ``adata`` (see :data:`OUTPUT_KEYS`).
 
-    def full(values: np.ndarray) -> np.ndarray:
-        if cells.all():  # no copy: the denoised matrix alone is cells x genes
-            return values.astype(np.float32, copy=False)
-        out = np.full((n, values.shape[1]), np.nan, dtype=np.float32)
-        out[cells] = values
-        return out
-
-    p = model.membership()
-    labels = np.full(n, None, dtype=object)
-    labels[cells] = p.argmax(axis=1).astype(str)
-    categories = [str(k) for k in range(p.shape[1])]
-    adata.obsm[f"X_{key}"] = full(model.latent())
-    adata.obsm[f"{key}_membership"] = full(p)
-    adata.obs[f"{key}_cluster"] = pd.Categorical(labels, categories=categories)
+    ``adata`` is the data the model was fitted (or mapped) on; for a loaded model,
+    any cells with its genes and batches, which are embedded afresh.
+    """
+    data = None if model.train_view is not None else adata
+    if data is None and model.train_view.cells.size != adata.n_obs:
+        raise InputError(
+            f"the model was fitted on {model.train_view.cells.size} cells, adata has "
+            f"{adata.n_obs}; write results into the AnnData it was fitted on"
+        )
+    labels = model.clusters(data)
+    n_clusters = model.centres.shape[0]
+    adata.obsm[f"X_{key}"] = model.latent(data)
+    adata.obsm[f"{key}_membership"] = model.membership(data)
+    adata.obs[f"{key}_cluster"] = pd.Categorical.from_codes(
+        labels, categories=[str(c) for c in range(n_clusters)]
+    )
     if denoised:
         adata.obsm[f"{key}_denoised"] = pd.DataFrame(
-            full(model.denoised()), index=adata.obs_names, columns=model.genes
+            model.denoised(data, transform_batch=transform_batch),
+            index=adata.obs_names,
+            columns=model.genes,
         )
     adata.var[f"{key}_gene"] = adata.var_names.isin(model.genes)
     adata.uns[key] = {
         "settings": model.settings_dict(),
+        "denoised_transform_batch": str(transform_batch) if denoised else "none",
         "genes": np.asarray(model.genes, dtype=object),
         "batches": np.asarray(model.batch_categories, dtype=object),
         "k_estimation": {

@@ -16,6 +16,7 @@ from .evaluate import evaluate
 from .files import read_h5ad, write_atomically
 from .model import DeepBID, resolve_device
 from .report import write_report
+from .transfer import transfer_labels, transfer_summary
 
 
 def _model_from(args: argparse.Namespace) -> DeepBID:
@@ -43,6 +44,9 @@ def _run(
         model.fit(adata, args.batch_key, layer=args.layer)
         return
     figures = figures or report
+    transfer_key = getattr(args, "transfer_labels", None)
+    if transfer_key is not None and transfer_key not in adata.obs.columns:
+        raise InputError(f"--transfer-labels {transfer_key!r} is not a column of adata.obs")
     out, table = evaluate(
         adata,
         model,
@@ -52,9 +56,21 @@ def _run(
         figures=figures,
         denoised=not args.no_denoised,
     )
+    transferred = None
+    if transfer_key is not None:
+        transfer_labels(out, transfer_key)
+        transferred = transfer_summary(out, transfer_key)
+        print(f"labels transferred to obs['{transfer_key}_deepbid']:")
+        print(transferred.to_string(float_format=lambda v: f"{v:.3f}"))
     if report is not None:
         page = write_report(
-            report, out, model, table, batch_key=args.batch_key, label_key=args.label_key
+            report,
+            out,
+            model,
+            table,
+            batch_key=args.batch_key,
+            label_key=args.label_key,
+            transferred=transferred,
         )
         print(f"report: {page}")
     write_atomically(output, lambda tmp: out.write_h5ad(tmp, compression="gzip"))
@@ -152,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-key",
         default=None,
         help="obs column with known cell types: adds ARI, NMI and cLISI",
+    )
+    integrate.add_argument(
+        "--transfer-labels",
+        default=None,
+        metavar="LABEL_KEY",
+        help="obs column with labels for some cells ('unknown', 'unID' or missing for the "
+        "others): label the others from their clusters, in obs['LABEL_KEY_deepbid'] with "
+        "obs['LABEL_KEY_deepbid_confidence']",
     )
     integrate.add_argument("--layer", default=None, help="layer holding raw counts (default: X)")
     integrate.add_argument(

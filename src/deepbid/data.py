@@ -116,7 +116,7 @@ class DataView:
         )
 
 
-def _check_anndata(adata: object) -> ad.AnnData:
+def check_anndata(adata: object) -> ad.AnnData:
     if not isinstance(adata, ad.AnnData):
         raise InputError(
             f"expected an AnnData object, got {type(adata).__name__}; "
@@ -271,7 +271,7 @@ def prepare(
     InputError
         For every input deepbid cannot integrate; the message says what to fix.
     """
-    adata = _check_anndata(adata)
+    adata = check_anndata(adata)
     labels = batch_labels(adata, batch_key)
     matrix = _as_csr(get_matrix(adata, layer))
     where = f"adata.layers[{layer!r}]" if layer else "adata.X"
@@ -372,7 +372,7 @@ def prepare_like(
     ``reference_median`` is the training data's median library size, so size
     factors of new cells are on the training scale.
     """
-    adata = _check_anndata(adata)
+    adata = check_anndata(adata)
     labels = batch_labels(adata, batch_key)
     unknown = sorted(set(labels.categories) - set(batch_categories))
     if unknown:

@@ -99,3 +99,16 @@ def kl_within_batch(h: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         target = (target / target.sum(dim=1, keepdim=True)).detach()
         total = total + (target * (torch.log(target + _EPS) - torch.log(q + _EPS))).sum()
     return total / h.shape[0]
+
+
+def centroid_alignment(h: torch.Tensor, centres: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Squared distance of each cluster's membership-weighted centroid of ``h`` from its
+    centre, weighted by the clusters' shares of the memberships.
+
+    ``h`` ``(n, d)``, ``centres`` ``(K, d)`` and ``p`` ``(n, K)`` held fixed; moves cells
+    of a new batch as a group onto the clusters of the reference, leaving their spread
+    within each cluster to the encoder.
+    """
+    mass = p.sum(dim=0)
+    centroids = (p.T @ h) / mass.clamp_min(1e-12)[:, None]
+    return (mass / mass.sum() * (centroids - centres).pow(2).sum(dim=1)).sum()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import pickle
+import warnings
 from collections.abc import Sequence
 
 import anndata as ad
@@ -12,16 +15,17 @@ import torch
 from tqdm.auto import tqdm
 
 from . import cluster, distributed, k_estimate
-from .data import DataView, prepare, prepare_like
-from .errors import InputError
+from .data import DataView, batch_labels, check_anndata, prepare, prepare_like
+from .errors import InputError, InputWarning
 from .files import write_atomically
+from .mapping import train_new_batches
 from .module import Autoencoder
-from .settings import Settings
+from .settings import Settings, scaled_epochs
 from .train import Trainer, denoise, embed
 
-#: Version of the file :meth:`DeepBID.save` writes (2: cluster proportions, settings
-#: with the gene count).
-FORMAT = 2
+#: Version of the file :meth:`DeepBID.save` writes (3: the K estimation report, the
+#: given K and the encoder shifts of mapped batches).
+FORMAT = 3
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -160,6 +164,88 @@ class DeepBID:
         self._train_p = distributed.gather_rows(p.cpu().numpy(), view.n_cells)
         return self
 
+    def map(
+        self,
+        query: ad.AnnData,
+        batch_key: str | None = None,
+        *,
+        layer: str | None = None,
+        epochs: int | None = None,
+    ) -> DeepBID:
+        """Map the cells of ``query`` onto this trained model without retraining it.
+
+        Batches of ``query`` the model has not seen each get a decoder column and an
+        encoder shift, trained on the query's cells alone (:mod:`deepbid.mapping`);
+        the reference's weights and centres stay fixed. A query batch named like a
+        training batch is taken as that batch (with a warning) and gets nothing new.
+
+        Parameters
+        ----------
+        query
+            Raw counts of new cells, with at least the model's genes.
+        batch_key
+            Column of ``query.obs`` holding each cell's batch; default: the model's.
+        layer
+            Layer of ``query`` holding the counts; default: the model's.
+        epochs
+            Mapping epochs; default: the clustering phase's epochs for the query's size.
+
+        Returns
+        -------
+        A new model, this one's reference plus the query's batches, whose training
+        cells are the query's: ``latent()``, ``clusters()``, ``membership()`` and
+        ``denoised()`` give the query's results, and :func:`deepbid.api.write_results`
+        writes them into ``query``. This model is not changed.
+        """
+        self._check_fitted()
+        batch_key = self.batch_key if batch_key is None else batch_key
+        layer = self.layer if layer is None else layer
+        names = [str(c) for c in batch_labels(check_anndata(query), batch_key).categories]
+        known = [name for name in names if name in self.batch_categories]
+        new = [name for name in names if name not in self.batch_categories]
+        if known:
+            warnings.warn(
+                f"query batch(es) {known} are named like training batches and are mapped "
+                "as those batches; rename them to map them as new batches",
+                InputWarning,
+                stacklevel=2,
+            )
+        mapped = copy.copy(self)
+        mapped.module = copy.deepcopy(self.module)
+        mapped.batch_categories = [*self.batch_categories, *new]
+        mapped.batch_key, mapped.layer = batch_key, layer
+        view = prepare_like(
+            query,
+            batch_key,
+            self.genes,
+            mapped.batch_categories,
+            self.is_counts,
+            layer=layer,
+            reference_median=self.median_library,
+        )
+        mapped.train_view, mapped._train_p = view, None
+        mapped.history = dict(self.history)
+        if new:
+            mapped.module.add_batches(len(new))
+            if epochs is None:
+                epochs = scaled_epochs("epochs", view.n_cells)
+            settings = dataclasses.replace(self.settings, epochs=epochs)
+            mapped.history.update(
+                train_new_batches(
+                    mapped.module,
+                    view,
+                    len(self.batch_categories),
+                    self.centres,
+                    self.temperature,
+                    self.log_weights,
+                    settings,
+                    self.device,
+                    self.seed,
+                    self.progress,
+                )
+            )
+        return mapped
+
     # -- results ---------------------------------------------------------------------
 
     def _check_fitted(self) -> None:
@@ -182,27 +268,85 @@ class DeepBID:
             reference_median=self.median_library,
         )
 
-    def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
-        """Integrated embedding ``(n_cells, latent_dim)`` of the training cells, or of
-        ``adata``'s cells (same genes, known batches). Cells with zero counts are left out."""
-        view = self._view(adata)
-        return embed(self.module, view, self.device).cpu().numpy()
+    def _rows(self, view: DataView, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
+        """``values`` of the view's cells as one row per cell of its AnnData, ``fill``
+        in the rows of cells left out (zero counts)."""
+        if view.cells.all():  # no copy: the denoised matrix alone is cells x genes
+            return values
+        out = np.full((view.cells.size, *values.shape[1:]), fill, dtype=values.dtype)
+        out[view.cells] = values
+        return out
 
-    def membership(self, adata: ad.AnnData | None = None) -> np.ndarray:
-        """Soft cluster assignments ``P`` ``(n_cells, K)``, eq. (14)."""
-        if adata is None and self._train_p is not None:
+    def _p(self, view: DataView) -> np.ndarray:
+        if view is self.train_view and self._train_p is not None:
             return self._train_p
-        h = torch.from_numpy(self.latent(adata))
+        h = embed(self.module, view, self.device).cpu()
         return cluster.memberships(h, self.centres, self.temperature, self.log_weights).numpy()
 
-    def clusters(self, adata: ad.AnnData | None = None) -> np.ndarray:
-        """Hard cluster labels ``(n_cells,)``, the argmax of :meth:`membership`."""
-        return self.membership(adata).argmax(axis=1)
+    def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
+        """Integrated embedding ``(n_obs, latent_dim)`` of the training cells, or of
+        ``adata``'s cells (the model's genes, its batches); NaN rows for cells with
+        zero counts."""
+        view = self._view(adata)
+        return self._rows(view, embed(self.module, view, self.device).cpu().numpy())
 
-    def denoised(self, adata: ad.AnnData | None = None) -> np.ndarray:
-        """Denoised expression ``(n_cells, n_genes)`` on :attr:`genes`: the NB mean of
-        each cell, in counts at the training data's median library size."""
-        return denoise(self.module, self._view(adata), self.device)
+    def membership(self, adata: ad.AnnData | None = None) -> np.ndarray:
+        """Soft cluster assignments ``P`` ``(n_obs, K)``, eq. (14); NaN rows for cells
+        with zero counts."""
+        view = self._view(adata)
+        return self._rows(view, self._p(view))
+
+    def clusters(self, adata: ad.AnnData | None = None) -> np.ndarray:
+        """Hard cluster labels ``(n_obs,)``, the argmax of :meth:`membership`; -1 for
+        cells with zero counts."""
+        view = self._view(adata)
+        return self._rows(view, self._p(view).argmax(axis=1), fill=-1)
+
+    def denoised(
+        self,
+        adata: ad.AnnData | None = None,
+        *,
+        transform_batch: str | Sequence[str] | None = None,
+        library_size: float | None = None,
+    ) -> np.ndarray:
+        """Denoised expression ``(n_obs, n_genes)`` on :attr:`genes`: each cell's NB mean.
+
+        Parameters
+        ----------
+        adata
+            Cells to decode; ``None``: the training cells.
+        transform_batch
+            ``None``: each cell decoded in its own batch (the batch effect kept, as
+            the counts were measured). A batch name: every cell decoded as if it had
+            been measured in that batch. A list of names, or ``"average"`` for all
+            the model's batches: the mean over decoding in each — expression with the
+            batch effect removed, in no batch's particular scale.
+        library_size
+            Counts per cell of the output; ``None``: the training data's median library
+            size. (For log-normalised input, a multiple of the model's unit scale.)
+
+        Returns
+        -------
+        Float32 array, NaN rows for cells with zero counts.
+        """
+        view = self._view(adata)
+        if library_size is not None and not library_size > 0:
+            raise InputError(f"library_size must be positive, got {library_size!r}")
+        size_factor = 1.0 if library_size is None else library_size / self.median_library
+        batches = None if transform_batch is None else self._batch_codes(transform_batch)
+        means = denoise(self.module, view, self.device, batches, size_factor)
+        return self._rows(view, means)
+
+    def _batch_codes(self, names: str | Sequence[str]) -> list[int]:
+        if isinstance(names, str):
+            names = list(self.batch_categories) if names == "average" else [names]
+        unknown = [str(n) for n in names if str(n) not in self.batch_categories]
+        if unknown or not names:
+            raise InputError(
+                f"transform_batch names unknown batch(es) {unknown}; use None, 'average' or "
+                f"one of the model's batches {list(self.batch_categories)}"
+            )
+        return [list(self.batch_categories).index(str(n)) for n in names]
 
     # -- persistence -----------------------------------------------------------------
 
@@ -224,6 +368,9 @@ class DeepBID:
             "layer": self.layer,
             "seed": self.seed,
             "history": self.history,
+            "k_estimate": _plain(self.k_estimate),
+            "n_clusters_given": None if self.n_clusters is None else int(self.n_clusters),
+            "mapped": self.module.batch_shift is not None,
         }
         write_atomically(path, lambda tmp: torch.save(state, tmp))
 
@@ -243,7 +390,7 @@ class DeepBID:
             )
         settings = Settings(**state["settings"])
         model = cls(
-            n_clusters=int(state["centres"].shape[0]),
+            n_clusters=state["n_clusters_given"],
             seed=state["seed"],
             device=device,
             progress=False,
@@ -257,13 +404,15 @@ class DeepBID:
             settings.latent_dim,
             settings.conditional_decoder,
         ).to(model.device)
+        if state["mapped"]:
+            model.module.add_batches(0)
         model.module.load_state_dict(state["state_dict"])
         model.centres, model.temperature = state["centres"], state["temperature"]
         model.log_weights = state["log_weights"]
         model.genes, model.batch_categories = state["genes"], state["batch_categories"]
         model.is_counts, model.median_library = state["is_counts"], state["median_library"]
         model.batch_key, model.layer = state["batch_key"], state["layer"]
-        model.history = state["history"]
+        model.history, model.k_estimate = state["history"], state["k_estimate"]
         return model
 
     def settings_dict(self) -> dict:
@@ -271,7 +420,7 @@ class DeepBID:
         return {
             **self.settings.to_dict(),
             "n_clusters": int(self.centres.shape[0]),
-            "n_clusters_given": self.n_clusters,
+            "n_clusters_given": None if self.n_clusters is None else int(self.n_clusters),
             "membership_temperature": self.temperature,
             "seed": self.seed,
             "device": str(self.device),
@@ -279,3 +428,13 @@ class DeepBID:
             "layer": self.layer,
             "is_counts": self.is_counts,
         }
+
+
+def _plain(value: object) -> object:
+    """``value`` with numpy scalars and arrays made Python numbers and lists, which
+    :func:`torch.load` reads with ``weights_only=True``."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value

@@ -46,14 +46,47 @@ class Autoencoder(nn.Module):
         self.rec = nn.Linear(hidden_dim, n_genes)
         self.mu = nn.Linear(hidden_dim, n_genes)
         self.theta = nn.Linear(hidden_dim, n_genes)
+        #: ``(n_batches, hidden_dim)`` shift of the first encoder layer per batch, added
+        #: by :meth:`add_batches` for batches mapped onto a trained model (zero for
+        #: the training batches); ``None`` for a model fitted on all its batches.
+        self.batch_shift: nn.Parameter | None = None
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """First encoder layer, ``(n, f) -> (n, hidden_dim)``."""
-        return torch.tanh(self.enc1(x))
+    def add_batches(self, n_new: int) -> None:
+        """Make room for ``n_new`` batches not seen in training.
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        Each new batch gets a decoder input column, started at the mean of the
+        training batches' columns (the average batch), and an encoder shift,
+        started at zero; training them alone adapts the model to the new batches
+        and leaves what it does for the training batches unchanged.
+        """
+        old = self.n_batches
+        self.n_batches = old + n_new
+        hidden_dim = self.enc1.out_features
+        shift = torch.zeros(self.n_batches, hidden_dim, device=self.enc1.weight.device)
+        if self.batch_shift is not None:
+            shift[:old] = self.batch_shift.detach()
+        self.batch_shift = nn.Parameter(shift)
+        if self.conditional:
+            latent_dim = self.dec1.in_features - old
+            dec1 = nn.Linear(latent_dim + self.n_batches, hidden_dim).to(self.dec1.weight.device)
+            with torch.no_grad():
+                dec1.bias.copy_(self.dec1.bias)
+                dec1.weight[:, : latent_dim + old] = self.dec1.weight
+                batch_columns = self.dec1.weight[:, latent_dim:]
+                dec1.weight[:, latent_dim + old :] = batch_columns.mean(dim=1, keepdim=True)
+            self.dec1 = dec1
+
+    def hidden(self, x: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """First encoder layer, ``(n, f) -> (n, hidden_dim)``; ``batch`` ``(n,)`` codes
+        are needed only once :meth:`add_batches` has run."""
+        a = self.enc1(x)
+        if self.batch_shift is not None:
+            a = a + self.batch_shift[batch]
+        return torch.tanh(a)
+
+    def encode(self, x: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
         """Latent code ``h``, ``(n, f) -> (n, latent_dim)``."""
-        return torch.tanh(self.enc2(self.hidden(x)))
+        return torch.tanh(self.enc2(self.hidden(x, batch)))
 
     def decode_hidden(self, h: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         """Last decoder hidden layer ``D``, ``(n, latent_dim) -> (n, hidden_dim)``."""
@@ -81,7 +114,7 @@ class Autoencoder(nn.Module):
         ``self.rec(D)`` is left to the caller: the clustering phase does not use
         it, and it costs as much as an NB head.
         """
-        h = self.encode(x)
+        h = self.encode(x, batch)
         d = self.decode_hidden(h, batch)
         mu, theta = self.nb_params(d, size_factors)
         return {"h": h, "d": d, "mu": mu, "theta": theta}

@@ -39,12 +39,15 @@ def write_report(
     *,
     batch_key: str,
     label_key: str | None = None,
+    transferred: pd.DataFrame | None = None,
 ) -> Path:
     """Write ``report.html`` (figures embedded) into ``directory``.
 
     ``adata`` is the annotated result of :func:`deepbid.integrate` (marker genes
     are added to it); ``directory`` must already hold ``umap_before.png``,
     ``umap_after.png`` and ``loss_curves.png`` (as drawn by :func:`deepbid.evaluate.evaluate`).
+    ``transferred``, the table of :func:`deepbid.transfer.transfer_summary`, adds a
+    label-transfer section.
 
     Returns
     -------
@@ -82,6 +85,15 @@ def write_report(
             adata.uns["deepbid_contingency"].to_html(),
             "<h3>One-to-one matching and marker genes</h3>",
             comparison.to_html(),
+        ]
+    if transferred is not None:
+        sections += [
+            f"<h2>Labels transferred to {html.escape(transferred.index.name)}_deepbid</h2>",
+            "<p>Cells without a label take the label shares of the labelled cells of their "
+            "clusters, weighted by the soft memberships; confidence is the share of the "
+            "cell's membership behind its label; 'unassigned': clusters without labelled "
+            "cells.</p>",
+            transferred.to_html(float_format=lambda v: f"{v:.3f}", na_rep=""),
         ]
     sections += ["<h2>Settings</h2>", settings.to_html()]
     page = (

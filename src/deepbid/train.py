@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class Trainer:
         self.progress = progress
         self.history: dict[str, dict[str, list[float]]] = {}
 
-    def _epochs(
+    def run_epochs(
         self,
         view: DataView,
         phase: str,
@@ -131,9 +131,9 @@ class Trainer:
 
         outer_params = [*m.enc1.parameters(), *m.rec.parameters()]
         inner_params = [*m.enc2.parameters(), *m.dec1.parameters()]
-        self._epochs(view, "pretrain_outer", s.layer_epochs, outer_params, outer, bar)
-        self._epochs(view, "pretrain_inner", s.layer_epochs, inner_params, inner, bar)
-        self._epochs(view, "pretrain", s.pretrain_epochs, m.parameters(), stacked, bar)
+        self.run_epochs(view, "pretrain_outer", s.layer_epochs, outer_params, outer, bar)
+        self.run_epochs(view, "pretrain_inner", s.layer_epochs, inner_params, inner, bar)
+        self.run_epochs(view, "pretrain", s.pretrain_epochs, m.parameters(), stacked, bar)
 
     def cluster(
         self,
@@ -187,7 +187,7 @@ class Trainer:
             }
 
         s = self.settings
-        self._epochs(
+        self.run_epochs(
             view, "cluster", s.epochs, self.module.parameters(), self.cluster_terms, bar, update
         )
         self.temperature = self.state["tau"]
@@ -323,27 +323,47 @@ class Trainer:
         return terms
 
 
+def _encoded(
+    module: Autoencoder, view: DataView, idx: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = torch.from_numpy(view.batch_codes[idx]).to(device)
+    return module.encode(torch.from_numpy(view.logx[idx].toarray()).to(device), batch), batch
+
+
 @torch.no_grad()
 def embed(module: Autoencoder, view: DataView, device: torch.device) -> torch.Tensor:
     """Latent codes ``(n_cells, latent_dim)`` of every cell of ``view``, on ``device``."""
     module.eval()
-    parts = [
-        module.encode(torch.from_numpy(view.logx[idx].toarray()).to(device))
-        for idx in view.minibatches(CHUNK)
-    ]
+    parts = [_encoded(module, view, idx, device)[0] for idx in view.minibatches(CHUNK)]
     module.train()
     return torch.cat(parts)
 
 
 @torch.no_grad()
-def denoise(module: Autoencoder, view: DataView, device: torch.device) -> np.ndarray:
-    """NB means ``(n_cells, n_genes)`` of every cell at size factor 1 (the
-    training data's median library size), decoded with the cell's own batch."""
+def denoise(
+    module: Autoencoder,
+    view: DataView,
+    device: torch.device,
+    batches: Sequence[int] | None = None,
+    size_factor: float = 1.0,
+) -> np.ndarray:
+    """NB means ``(n_cells, n_genes)`` of every cell of ``view``.
+
+    Parameters
+    ----------
+    batches
+        Batch codes to decode every cell with, averaging the means over them;
+        ``None`` decodes each cell with its own batch.
+    size_factor
+        Library size of the output over the training data's median library size.
+    """
     module.eval()
     out = np.empty((view.n_cells, view.n_genes), dtype=np.float32)
     for idx in view.minibatches(CHUNK):
-        x, _, _, batch = _batch(view, idx, device)
-        d = module.decode_hidden(module.encode(x), batch)
-        out[idx] = module.nb_params(d, torch.ones(len(idx), device=device))[0].cpu().numpy()
+        h, own = _encoded(module, view, idx, device)
+        scale = torch.full((len(idx),), size_factor, device=device)
+        decode_as = [own] if batches is None else [torch.full_like(own, b) for b in batches]
+        mean = sum(module.nb_params(module.decode_hidden(h, b), scale)[0] for b in decode_as)
+        out[idx] = (mean / len(decode_as)).cpu().numpy()
     module.train()
     return out

@@ -1,0 +1,228 @@
+"""After integration: batch-corrected expression, mapping new batches, label transfer,
+and a loaded model that is a whole model (in a fresh process)."""
+
+import subprocess
+import sys
+import warnings
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import FAST
+
+import deepbid
+from deepbid import DeepBID, InputError, InputWarning
+from deepbid.api import write_results
+from deepbid.datasets import simulate
+
+
+@pytest.fixture(scope="module")
+def model(mixology):
+    return DeepBID(n_clusters=3, seed=0, **FAST).fit(mixology, "batch")
+
+
+def _between_batch_gap(values, batch, labels):
+    """Mean over cell lines and genes of |difference of the two protocols' mean log1p|."""
+    logv = np.log1p(values)
+    gaps = []
+    for label in np.unique(labels):
+        a, b = (logv[(labels == label) & (batch == name)] for name in np.unique(batch))
+        gaps.append(np.abs(a.mean(axis=0) - b.mean(axis=0)).mean())
+    return float(np.mean(gaps))
+
+
+def test_transform_batch_removes_the_batch_effect_and_keeps_cell_lines(mixology, model):
+    batch = mixology.obs["batch"].astype(str).to_numpy()
+    labels = mixology.obs["cell_type"].astype(str).to_numpy()
+    own = model.denoised()
+    average = model.denoised(transform_batch="average")
+    as_first = model.denoised(transform_batch="CEL-seq2")
+    # decoding everyone as CEL-seq2 changes nothing for the CEL-seq2 cells
+    np.testing.assert_allclose(as_first[batch == "CEL-seq2"], own[batch == "CEL-seq2"], rtol=1e-5)
+    as_second = model.denoised(transform_batch="Drop-seq")
+    np.testing.assert_allclose(average, (as_first + as_second) / 2, rtol=1e-4)
+    assert _between_batch_gap(average, batch, labels) < 0.5 * _between_batch_gap(own, batch, labels)
+    # the cell lines stay apart: between-line differences dwarf the batch gap left
+    means = np.vstack([np.log1p(average[labels == lab]).mean(axis=0) for lab in np.unique(labels)])
+    assert np.abs(means[0] - means[1]).mean() > 2 * _between_batch_gap(average, batch, labels)
+
+
+def test_library_size_scales_and_bad_batches_are_refused(model):
+    base = model.denoised(transform_batch="average")
+    doubled = model.denoised(transform_batch="average", library_size=2 * model.median_library)
+    np.testing.assert_allclose(doubled, 2 * base, rtol=1e-5)
+    with pytest.raises(InputError, match="unknown batch"):
+        model.denoised(transform_batch="10x")
+    with pytest.raises(InputError, match="library_size must be positive"):
+        model.denoised(library_size=0)
+
+
+def test_integrate_stores_batch_corrected_expression(small):
+    out = deepbid.integrate(small, "batch", n_clusters=3, copy=True, **FAST)
+    kept = deepbid.integrate(small, "batch", n_clusters=3, copy=True, transform_batch=None, **FAST)
+    assert out.uns["deepbid"]["denoised_transform_batch"] == "average"
+    batch = small.obs["batch"].astype(str).to_numpy()
+    labels = small.obs["cell_type"].astype(str).to_numpy()
+    corrected = out.obsm["deepbid_denoised"].to_numpy()
+    own = kept.obsm["deepbid_denoised"].to_numpy()
+    assert _between_batch_gap(corrected, batch, labels) < _between_batch_gap(own, batch, labels)
+
+
+def test_one_row_per_cell_even_for_empty_cells(mixology, model):
+    cells = mixology[:50].copy()
+    cells.X = sp.csr_matrix(cells.X)
+    cells.X[[3, 7]] = 0
+    cells.X.eliminate_zeros()
+    latent = model.latent(cells)
+    assert latent.shape == (50, FAST["latent_dim"])
+    assert np.isnan(latent[[3, 7]]).all() and np.isfinite(np.delete(latent, [3, 7], 0)).all()
+    clusters = model.clusters(cells)
+    assert clusters.shape == (50,) and (clusters[[3, 7]] == -1).all()
+    assert np.isnan(model.denoised(cells)[[3, 7]]).all()
+    np.testing.assert_allclose(
+        np.delete(latent, [3, 7], 0), np.delete(model.latent(mixology[:50].copy()), [3, 7], 0)
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_and_query():
+    """Simulated: 3 batches; batch2 held out as the query (a batch never trained on)."""
+    adata = simulate(
+        n_cells=1500,
+        n_genes=1000,
+        n_batches=3,
+        n_types=4,
+        batch_strength=0.4,
+        de_strength=3.0,
+        de_fraction=0.2,
+    )
+    query_cells = (adata.obs["batch"] == "batch2").to_numpy()
+    return adata[~query_cells].copy(), adata[query_cells].copy()
+
+
+def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_query):
+    reference, query = reference_and_query
+    model = DeepBID(n_clusters=4, seed=0, **FAST).fit(reference, "batch")
+    before = {name: p.detach().clone() for name, p in model.module.named_parameters()}
+    latent_before = model.latent()
+    mapped = model.map(query)
+    for name, p in model.module.named_parameters():  # the reference model is untouched
+        np.testing.assert_array_equal(p.detach(), before[name])
+    np.testing.assert_allclose(mapped.latent(reference), latent_before, rtol=1e-5, atol=1e-6)
+    assert mapped.batch_categories == ["batch0", "batch1", "batch2"]
+    # only the new batch's parameters were trained
+    shift = mapped.module.batch_shift.detach()
+    assert (shift[:2] == 0).all() and (shift[2] != 0).any()
+    labels = query.obs["cell_type"].astype(str).to_numpy()
+    assert deepbid.metrics.ari(labels, mapped.clusters()) > 0.7
+    # training the new batch's shift moves the query into the reference's clusters
+    batch = np.r_[reference.obs["batch"].astype(str), query.obs["batch"].astype(str)]
+
+    def ilisi(model):
+        return np.median(deepbid.metrics.lisi(np.vstack([latent_before, model.latent()]), batch))
+
+    assert ilisi(mapped) > ilisi(model.map(query, epochs=0)) > 1.5
+    out = query.copy()
+    write_results(out, mapped)
+    assert out.obs["deepbid_cluster"].notna().all() and out.obsm["X_deepbid"].shape[0] == len(out)
+
+
+def test_map_refuses_bad_queries_and_reuses_known_batch_names(reference_and_query):
+    reference, query = reference_and_query
+    model = DeepBID(n_clusters=4, seed=0, **FAST).fit(reference, "batch")
+    with pytest.raises(InputError, match="genes are missing"):
+        model.map(query[:, :100].copy())
+    with pytest.raises(InputError, match="batch_key 'donor' not found"):
+        model.map(query, "donor")
+    known = query.copy()
+    known.obs["batch"] = "batch0"
+    with pytest.warns(InputWarning, match=r"\['batch0'\] are named like training batches"):
+        mapped = model.map(known)
+    assert mapped.module.batch_shift is None and mapped.batch_categories == ["batch0", "batch1"]
+
+
+def test_transfer_labels_from_clusters(mixology, model):
+    out = mixology.copy()
+    write_results(out, model, denoised=False)
+    truth = out.obs["cell_type"].astype(str).to_numpy()
+    hidden = np.random.default_rng(0).random(out.n_obs) < 0.3
+    partial = np.where(hidden, "unknown", truth).astype(object)
+    partial[np.flatnonzero(hidden)[:5]] = np.nan
+    out.obs["label"] = partial
+    shares = deepbid.transfer_labels(out, "label")
+    assert shares.shape == (3, 3)
+    result = out.obs["label_deepbid"].astype(str).to_numpy()
+    assert (result[~hidden] == truth[~hidden]).all()  # given labels are kept
+    assert (result[hidden] == truth[hidden]).mean() > 0.9
+    confidence = out.obs["label_deepbid_confidence"].to_numpy()
+    assert np.isnan(confidence[~hidden]).all() and (confidence[hidden] > 0.3).all()
+
+
+def test_transfer_labels_never_guesses_for_unlabelled_clusters(mixology, model):
+    out = mixology.copy()
+    write_results(out, model, denoised=False)
+    cluster = out.obs["deepbid_cluster"].astype(str).to_numpy()
+    out.obs["label"] = np.where(cluster == "0", "unID", out.obs["cell_type"].astype(str))
+    deepbid.transfer_labels(out, "label")
+    assert (out.obs["label_deepbid"].astype(str)[cluster == "0"] == "unassigned").mean() > 0.9
+    with pytest.raises(InputError, match="label_key 'kind' not found"):
+        deepbid.transfer_labels(out, "kind")
+    with pytest.raises(InputError, match="run deepbid.integrate"):
+        deepbid.transfer_labels(mixology.copy(), "cell_type")
+    out.obs["none"] = "unknown"
+    with pytest.raises(InputError, match="no integrated cell has a known label"):
+        deepbid.transfer_labels(out, "none")
+
+
+def test_loaded_model_is_whole_in_a_fresh_process(small, reference_and_query, tmp_path):
+    model = DeepBID(seed=0, **FAST).fit(small, "batch")
+    expected = small.copy()
+    write_results(expected, model)
+    model.save(tmp_path / "model.pt")
+    small.write_h5ad(tmp_path / "cells.h5ad")
+    query = small[:60].copy()
+    query.obs["batch"] = "new-protocol"
+    query.write_h5ad(tmp_path / "query.h5ad")
+    script = """
+import sys, warnings, anndata as ad, deepbid
+from deepbid.api import write_results
+warnings.simplefilter("ignore")
+model = deepbid.DeepBID.load(sys.argv[1], device="cpu")
+cells = ad.read_h5ad(sys.argv[2])
+write_results(cells, model)
+cells.write_h5ad(sys.argv[3])
+mapped = model.map(ad.read_h5ad(sys.argv[4]), epochs=2)
+mapped.save(sys.argv[5])
+"""
+    paths = ["model.pt", "cells.h5ad", "written.h5ad", "query.h5ad", "mapped.pt"]
+    subprocess.run([sys.executable, "-c", script, *(str(tmp_path / p) for p in paths)], check=True)
+    written = ad.read_h5ad(tmp_path / "written.h5ad")
+    np.testing.assert_allclose(written.obsm["X_deepbid"], expected.obsm["X_deepbid"], atol=1e-5)
+    # the fit keeps P from its last fuzzy k-means pass, one C update behind eq. 14 on C
+    np.testing.assert_allclose(
+        written.obsm["deepbid_membership"], expected.obsm["deepbid_membership"], atol=1e-3
+    )
+    same = written.obs["deepbid_cluster"] == expected.obs["deepbid_cluster"]
+    assert same.mean() > 0.99
+    np.testing.assert_allclose(
+        written.obsm["deepbid_denoised"].to_numpy(),
+        expected.obsm["deepbid_denoised"].to_numpy(),
+        rtol=1e-4,
+    )
+    for stage, report in expected.uns["deepbid"]["k_estimation"].items():
+        for name, value in report.items():
+            np.testing.assert_array_equal(
+                written.uns["deepbid"]["k_estimation"][stage][name], value
+            )
+    np.testing.assert_allclose(
+        written.uns["deepbid"]["history"]["cluster"]["nb"],
+        expected.uns["deepbid"]["history"]["cluster"]["nb"],
+    )
+    assert written.uns["deepbid"]["settings"] == expected.uns["deepbid"]["settings"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mapped = DeepBID.load(tmp_path / "mapped.pt", device="cpu")
+    assert mapped.batch_categories[-1] == "new-protocol"
+    assert mapped.latent(query).shape == (60, FAST["latent_dim"])
+    assert "map" in mapped.history
