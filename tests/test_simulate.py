@@ -31,3 +31,38 @@ def test_deepbid_recovers_simulated_types_and_mixes_batches():
     assert model.centres.shape[0] == 4
     assert scores["ari"] > 0.95
     assert scores["ilisi_median"] > 1.8
+
+
+def test_true_means_are_what_the_counts_were_drawn_from():
+    a = simulate(900, 250, n_batches=3, n_types=4, batch_specific=1, seed=5, chunk=400)
+    b = simulate(
+        900, 250, n_batches=3, n_types=4, batch_specific=1, seed=5, chunk=400, true_means=True
+    )
+    assert (a.X != b.X).nnz == 0 and "true_mean" not in a.layers
+    mean = b.layers["true_mean"]
+    assert isinstance(mean, np.ndarray) and mean.dtype == np.float32 and mean.shape == (900, 250)
+    np.testing.assert_allclose(mean.sum(axis=1), b.obs["library"], rtol=1e-4)
+    # per gene, the counts' mean over cells is the true means' mean within sampling error
+    # (NB variance mu + mu^2 / dispersion)
+    counts = b.X.toarray()
+    variance = (mean + mean.astype(np.float64) ** 2 / b.uns["simulate"]["dispersion"]).sum(axis=0)
+    z = (counts.sum(axis=0) - mean.sum(axis=0)) / np.sqrt(variance)
+    assert np.abs(z).max() < 5.5 and abs(z.mean()) < 0.3 and 0.7 < z.std() < 1.3
+
+
+def test_true_means_follow_the_stored_parameters():
+    a = simulate(400, 150, n_batches=2, n_types=3, seed=2, true_means=True)
+    params = a.uns["simulate"]
+    profile, scale = params["type_log_profile"], params["batch_log_scale"]
+    assert profile.shape == (3, 150) and scale.shape == (2, 150)
+    assert profile.dtype == np.float32 and scale.dtype == np.float32
+    t = a.obs["cell_type"].str.removeprefix("type").astype(int).to_numpy()
+    b = a.obs["batch"].str.removeprefix("batch").astype(int).to_numpy()
+    logits = (profile[t] + scale[b]).astype(np.float64)
+    softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    expected = softmax * a.obs["library"].to_numpy()[:, None]
+    np.testing.assert_allclose(a.layers["true_mean"], expected, rtol=1e-4, atol=1e-9)
+    # the counts follow: each cell's count total is close to its library size
+    ratio = np.asarray(a.X.sum(axis=1)).ravel() / a.obs["library"].to_numpy()
+    assert 0.95 < np.median(ratio) < 1.05

@@ -38,6 +38,7 @@ def simulate(
     dispersion: float = 2.0,
     seed: int = 0,
     chunk: int = 10_000,
+    true_means: bool = False,
 ) -> ad.AnnData:
     """Negative-binomial counts with known cell types and batch effects.
 
@@ -64,11 +65,29 @@ def simulate(
         the first plus a small difference: changes on ``de_fraction`` of genes of
         ``close_difference`` times the usual strength (like the RNA mixtures of
         CellBench, where groups differ by a fraction of their profile).
+    true_means
+        Also store ``layers['true_mean']``, the NB mean every count was drawn from
+        (dense, so ``n_cells * n_genes * 4`` bytes). The counts and everything else
+        are the same with or without it, for the same ``seed``.
 
     Returns
     -------
-    ``(n_cells, n_genes)`` AnnData: CSR float32 counts in ``X``, ``obs['batch']``,
-    ``obs['cell_type']``.
+    ``(n_cells, n_genes)`` AnnData:
+
+    - ``X``: CSR float32 counts;
+    - ``obs['batch']``, ``obs['cell_type']``: categorical ``"batch<b>"``, ``"type<t>"``;
+    - ``obs['library']``: float64 ``(n_cells,)``, the expected library size of each
+      cell (the sum of its true means; its counts sum to about this);
+    - ``uns['simulate']``: the generating parameters, a dict of
+      ``type_log_profile``, float32 ``(n_types, n_genes)``, the log expression of
+      each type before the batch effect (base profile plus the type's changes);
+      ``batch_log_scale``, float32 ``(n_batches, n_genes)``, each batch's log scale
+      of every gene; and ``dispersion``. The true mean of cell ``i`` of type ``t``
+      in batch ``b`` is
+      ``softmax(type_log_profile[t] + batch_log_scale[b]) * library[i]``, and
+      ``softmax(type_log_profile[t])`` its batch-free expression profile;
+    - ``layers['true_mean']`` (only with ``true_means=True``): dense float32
+      ``(n_cells, n_genes)``, the NB mean of every count, batch effect included.
     """
     rng = np.random.default_rng(seed)
     base = rng.normal(0.0, 2.0, n_genes)
@@ -98,7 +117,7 @@ def simulate(
     batch = rng.integers(0, n_batches, n_cells)
     cell_type = np.array([rng.choice(n_types, p=type_share[b]) for b in batch])
     library = np.exp(rng.normal(np.log(3000) + library_shift[batch], 0.4))
-    blocks = []
+    blocks, means = [], []
     for start in range(0, n_cells, chunk):
         rows = slice(start, min(start + chunk, n_cells))
         logits = base + de[cell_type[rows]] + batch_scale[batch[rows]]
@@ -106,9 +125,19 @@ def simulate(
         mean = profile / profile.sum(axis=1, keepdims=True) * library[rows, None]
         counts = rng.poisson(rng.gamma(dispersion, mean / dispersion))
         blocks.append(sp.csr_matrix(counts.astype(np.float32)))
+        if true_means:
+            means.append(mean.astype(np.float32))
     adata = ad.AnnData(sp.vstack(blocks, format="csr"))
     adata.obs_names = [f"cell{i}" for i in range(n_cells)]
     adata.var_names = [f"gene{j}" for j in range(n_genes)]
     adata.obs["batch"] = pd.Categorical([f"batch{b}" for b in batch])
     adata.obs["cell_type"] = pd.Categorical([f"type{t}" for t in cell_type])
+    adata.obs["library"] = library
+    adata.uns["simulate"] = {
+        "type_log_profile": (base + de).astype(np.float32),
+        "batch_log_scale": batch_scale.astype(np.float32),
+        "dispersion": float(dispersion),
+    }
+    if true_means:
+        adata.layers["true_mean"] = np.vstack(means)
     return adata
