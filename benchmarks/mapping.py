@@ -1,0 +1,125 @@
+"""Mapping a new donor onto a trained model against training on every donor together.
+
+On ``pancreas_baron_human_4donors``, each donor is left out in turn: a reference model is
+fitted on the other three and the held-out donor is mapped onto it with
+:meth:`deepbid.DeepBID.map`. The joint model is fitted on all four donors (K estimated);
+each reference is fitted with the joint model's K, so that both partition the cells alike
+(estimating K on three donors is a question of the K rule, not of mapping). For the
+held-out
+donor's cells, the table gives the ARI of its clusters against the labels (mapped and
+joint), the median iLISI of reference + query in the mapped embedding against the joint
+embedding's over the same cells, and the seconds of mapping against those of the
+reference fit.
+
+    python benchmarks/mapping.py                 # 4 donors x seeds 0, 1, 2
+    python benchmarks/mapping.py --seeds 0 --quick --out /tmp/m
+
+Writes ``results/mapping.csv`` (one row per seed x donor) and ``results/mapping.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from compare import provenance
+
+from deepbid import DeepBID, metrics
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "pancreas_baron_human_4donors.h5ad"
+#: Settings of a ``--quick`` run (the CI smoke test), else the defaults.
+QUICK = dict(layer_epochs=1, pretrain_epochs=2, epochs=3)
+
+
+def donor_scores(
+    adata: ad.AnnData, donor: str, joint: dict[str, np.ndarray], seed: int, settings: dict
+) -> dict[str, float]:
+    """Fit a reference without ``donor``, map it, and score against the ``joint`` results."""
+    query_cells = (adata.obs["batch"].astype(str) == donor).to_numpy()
+    reference, query = adata[~query_cells].copy(), adata[query_cells].copy()
+    start = time.perf_counter()
+    k = int(joint["clusters"].max()) + 1
+    model = DeepBID(k, seed=seed, progress=False, **settings).fit(reference, "batch")
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    mapped = model.map(query)
+    map_seconds = time.perf_counter() - start
+    labels = query.obs["cell_type"].astype(str).to_numpy()
+    both = np.vstack([model.latent(), mapped.latent()])
+    order = np.concatenate([np.flatnonzero(~query_cells), np.flatnonzero(query_cells)])
+    batch = adata.obs["batch"].astype(str).to_numpy()[order]
+    return {
+        "donor": donor,
+        "query_cells": int(query_cells.sum()),
+        "ari_mapped": metrics.ari(labels, mapped.clusters()),
+        "ari_mapped_untrained": metrics.ari(labels, model.map(query, epochs=0).clusters()),
+        "ari_joint": metrics.ari(labels, joint["clusters"][query_cells]),
+        "ilisi_mapped": float(np.median(metrics.lisi(both, batch))),
+        "ilisi_joint": float(np.median(metrics.lisi(joint["latent"][order], batch))),
+        "map_seconds": map_seconds,
+        "reference_fit_seconds": fit_seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--donors", nargs="+", help="leave out only these donors")
+    parser.add_argument("--quick", action="store_true", help="few epochs (a smoke test)")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    settings = QUICK if args.quick else {}
+    warnings.simplefilter("ignore")
+    adata = ad.read_h5ad(DATA)
+    donors = args.donors or list(adata.obs["batch"].astype(str).unique())
+    rows = []
+    for seed in args.seeds:
+        joint_model = DeepBID(seed=seed, progress=False, **settings).fit(adata, "batch")
+        joint = {"latent": joint_model.latent(), "clusters": joint_model.clusters()}
+        for donor in donors:
+            rows.append({"seed": seed, **donor_scores(adata, donor, joint, seed, settings)})
+            print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
+    results = pd.DataFrame(rows).assign(**provenance())
+    args.out.mkdir(parents=True, exist_ok=True)
+    results.to_csv(args.out / "mapping.csv", index=False)
+    text = markdown(results)
+    (args.out / "mapping.md").write_text(text)
+    print(text)
+
+
+def markdown(results: pd.DataFrame) -> str:
+    """Per donor, mean over seeds; a last row over donors; the targets checked."""
+    table = results.groupby("donor", sort=False)[
+        ["query_cells", "ari_mapped", "ari_mapped_untrained", "ari_joint"]
+        + ["ilisi_mapped", "ilisi_joint"]
+    ].mean()
+    table["ari_mapped_minus_joint"] = table["ari_mapped"] - table["ari_joint"]
+    table["ilisi_ratio"] = table["ilisi_mapped"] / table["ilisi_joint"]
+    ratio = results["map_seconds"] / results["reference_fit_seconds"]
+    table["map_over_fit_time"] = ratio.groupby(results["donor"], sort=False).median()
+    table.loc["mean"] = table.mean()
+    first = results.iloc[0]
+    return (
+        f"commit {first['commit']}, {first['date']}, {first['cores']} cores; "
+        f"{results['seed'].nunique()} seed(s), mean over seeds; map_over_fit_time: median "
+        "of mapping seconds / reference fit seconds.\n\n" + markdown_table(table) + "\n"
+    )
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """``table`` as a Markdown table, numbers to 3 decimals."""
+    header = [table.index.name or "", *table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in table.iterrows():
+        lines.append("| " + " | ".join([str(name), *(f"{v:.3f}" for v in row)]) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
