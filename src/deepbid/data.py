@@ -24,19 +24,31 @@ from .errors import InputError, InputWarning
 MIN_CELLS_PER_BATCH = 5
 #: The paper's per-cell normalisation target before ``log1p``.
 TARGET_SUM = 1e4
+#: Rows of the expression matrix read at a time (memory of one block: its non-zeros).
+BLOCK_CELLS = 10_000
+#: Cells of each batch that gene selection reads: all of a batch up to this size, a
+#: fixed random sample above (HVG dispersions from 20,000 cells are stable, and the
+#: sample keeps selection memory flat at a million cells).
+SELECTION_CELLS = 20_000
 
 
 @dataclass
 class DataView:
-    """The matrices the network trains on, for the selected genes only.
+    """The cells and genes the network trains on, held once as the input values.
+
+    The encoder input (log1p of counts per 10^4) and the NB target are made
+    from ``matrix`` one minibatch at a time (:meth:`rows`), so a million-cell
+    view costs one sparse copy of the selected genes, not two.
 
     Attributes
     ----------
-    counts
-        ``(n_cells, n_genes)`` CSR float32: NB target (raw counts, or rounded
-        values for non-count input).
-    logx
-        ``(n_cells, n_genes)`` CSR float32: log-normalised encoder input.
+    matrix
+        ``(n_cells, n_genes)`` CSR float32: the input values of the selected genes
+        (raw counts, or the given values for non-count input).
+    scale
+        ``(n_cells,)`` float32: 10^4 over each cell's library size (all genes); the
+        encoder reads ``log1p(matrix * scale)``. Ones for non-count input, which the
+        encoder reads as it is.
     size_factors
         ``(n_cells,)`` float32: library size over median library size (1 for
         non-count input).
@@ -54,8 +66,8 @@ class DataView:
         Median library size (over all genes) that size factors are relative to.
     """
 
-    counts: sp.csr_matrix
-    logx: sp.csr_matrix
+    matrix: sp.csr_matrix
+    scale: np.ndarray
     size_factors: np.ndarray
     batch_codes: np.ndarray
     batch_categories: list[str]
@@ -66,15 +78,31 @@ class DataView:
 
     @property
     def n_cells(self) -> int:
-        return self.counts.shape[0]
+        return self.matrix.shape[0]
 
     @property
     def n_genes(self) -> int:
-        return self.counts.shape[1]
+        return self.matrix.shape[1]
 
     @property
     def n_batches(self) -> int:
         return len(self.batch_categories)
+
+    @property
+    def counts(self) -> sp.csr_matrix:
+        """``(n_cells, n_genes)`` CSR float32 NB target: the counts, or the rounded
+        values of non-count input."""
+        return self.matrix if self.is_counts else _rounded(self.matrix)
+
+    @property
+    def logx(self) -> sp.csr_matrix:
+        """``(n_cells, n_genes)`` CSR float32 encoder input (a new matrix: for whole-data
+        baselines such as PCA; training makes it per minibatch)."""
+        if not self.is_counts:
+            return self.matrix
+        out = sp.csr_matrix(sp.diags(self.scale) @ self.matrix)
+        out.data = np.log1p(out.data)
+        return out
 
     def minibatches(
         self, batch_size: int, rng: np.random.Generator | None = None, n_used: int | None = None
@@ -83,11 +111,12 @@ class DataView:
 
         A last minibatch smaller than half ``batch_size`` is merged into the
         previous one, so that no step is driven by a handful of cells. Only the
-        first ``n_used`` rows of the (shuffled) order are used when given, so
-        that processes holding shards of unequal size take equally many steps.
+        first ``n_used`` rows of the (shuffled) order are used when given: a random
+        subset of the cells on large data, and equally many steps on processes
+        holding shards of unequal size.
         """
         order = rng.permutation(self.n_cells) if rng is not None else np.arange(self.n_cells)
-        n = self.n_cells if n_used is None else n_used
+        n = self.n_cells if n_used is None else min(n_used, self.n_cells)
         starts = list(range(0, n, batch_size))
         if len(starts) > 1 and n - starts[-1] < batch_size // 2:
             starts.pop()
@@ -100,20 +129,29 @@ class DataView:
         ``cells`` is left as the whole view's."""
         return replace(
             self,
-            counts=self.counts[rows],
-            logx=self.logx[rows],
+            matrix=self.matrix[rows],
+            scale=self.scale[rows],
             size_factors=self.size_factors[rows],
             batch_codes=self.batch_codes[rows],
         )
 
     def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Dense ``(logx, counts, size_factors, batch_codes)`` for the rows ``idx``."""
+        values = self.matrix[idx].toarray()
+        target = values if self.is_counts else np.round(values)
         return (
-            self.logx[idx].toarray(),
-            self.counts[idx].toarray(),
+            self._encoder_input(values, idx),
+            target,
             self.size_factors[idx],
             self.batch_codes[idx],
         )
+
+    def inputs(self, idx: np.ndarray) -> np.ndarray:
+        """Dense encoder input ``(len(idx), n_genes)`` (log-normalised) of the rows ``idx``."""
+        return self._encoder_input(self.matrix[idx].toarray(), idx)
+
+    def _encoder_input(self, values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return np.log1p(values * self.scale[idx, None]) if self.is_counts else values
 
 
 def check_anndata(adata: object) -> ad.AnnData:
@@ -138,8 +176,9 @@ def check_anndata(adata: object) -> ad.AnnData:
     return adata
 
 
-def get_matrix(adata: ad.AnnData, layer: str | None) -> np.ndarray | sp.spmatrix:
-    """The expression matrix in ``adata.layers[layer]``, or ``adata.X``."""
+def get_matrix(adata: ad.AnnData, layer: str | None) -> object:
+    """The expression matrix in ``adata.layers[layer]``, or ``adata.X``: in memory
+    (dense or sparse) or, for an AnnData read with ``backed="r"``, on disk."""
     if layer is None:
         if adata.X is None:
             raise InputError("adata.X is empty; pass layer= naming the layer that holds counts")
@@ -162,24 +201,99 @@ def _as_csr(matrix: np.ndarray | sp.spmatrix) -> sp.csr_matrix:
     return out
 
 
-def check_values(matrix: sp.csr_matrix, where: str) -> bool:
+def _blocks(source: object, n_obs: int) -> Iterator[tuple[slice, sp.csr_matrix]]:
+    """``(rows, CSR float32)`` for consecutive blocks of :data:`BLOCK_CELLS` rows: a
+    backed matrix is read from disk one block at a time."""
+    for start in range(0, n_obs, BLOCK_CELLS):
+        rows = slice(start, min(start + BLOCK_CELLS, n_obs))
+        try:
+            part = source[rows]
+        except (TypeError, KeyError) as err:
+            raise InputError(
+                f"cannot read rows of the expression matrix ({type(source).__name__}: {err}); "
+                "give a numpy array or scipy sparse matrix, or an AnnData read with backed='r'"
+            ) from None
+        yield rows, _as_csr(part)
+
+
+def _stack(parts: list[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
+    """Row-stack CSR ``parts`` (emptied on the way), peak memory one part above the result."""
+    nnz = sum(part.nnz for part in parts)
+    index = np.int32 if nnz < np.iinfo(np.int32).max else np.int64
+    data = np.empty(nnz, dtype=np.float32)
+    indices = np.empty(nnz, dtype=index)
+    indptr = [np.zeros(1, dtype=index)]
+    at = 0
+    while parts:
+        part = parts.pop(0)
+        data[at : at + part.nnz] = part.data
+        indices[at : at + part.nnz] = part.indices
+        indptr.append(part.indptr[1:].astype(index) + at)
+        at += part.nnz
+    indptr = np.concatenate(indptr)
+    return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_cols))
+
+
+def _scan(
+    source: object, n_obs: int, where: str, keep: np.ndarray
+) -> tuple[np.ndarray, bool, sp.csr_matrix]:
+    """One pass over the matrix: check every value, sum each cell's library and keep
+    the rows ``keep`` (``(n_obs,)`` boolean) with all genes.
+
+    Returns
+    -------
+    ``(library (n_obs,), whether all values are integers, kept rows)``.
+    """
+    library, kept, is_counts = [], [], True
+    for rows, part in _blocks(source, n_obs):
+        is_counts &= check_values(part, where, rows)
+        library.append(np.asarray(part.sum(axis=1)).ravel())
+        kept.append(part[keep[rows]])
+    n_cols = kept[0].shape[1]
+    return np.concatenate(library), is_counts, _stack(kept, n_cols)
+
+
+def _gather(source: object, n_obs: int, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
+    """The rows ``rows`` (``(n_obs,)`` boolean) and columns ``cols`` of the matrix, read
+    a block at a time so that only the selected genes are ever held whole."""
+    parts = [part[rows[block]][:, cols] for block, part in _blocks(source, n_obs)]
+    return _stack(parts, parts[0].shape[1])
+
+
+def _rounded(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    out = matrix.copy()
+    out.data = np.round(out.data)
+    out.eliminate_zeros()
+    return out
+
+
+def _log_normalised(matrix: sp.csr_matrix, scale: np.ndarray) -> sp.csr_matrix:
+    out = sp.csr_matrix(sp.diags(scale) @ matrix)
+    out.data = np.log1p(out.data)
+    return out
+
+
+def check_values(matrix: sp.csr_matrix, where: str, rows: slice | None = None) -> bool:
     """Reject NaN, infinite and negative values; tell whether all are integers.
+
+    ``rows`` names the block of cells ``matrix`` holds, for the message.
 
     Returns
     -------
     ``True`` when every value is a whole number (raw counts).
     """
     values = matrix.data
+    place = "" if rows is None else f" (cells {rows.start}-{rows.stop - 1})"
     if not np.all(np.isfinite(values)):
         n_bad = int(np.sum(~np.isfinite(values)))
         raise InputError(
-            f"{where} holds {n_bad} NaN or infinite values; deepbid needs raw counts "
+            f"{where} holds {n_bad} NaN or infinite values{place}; deepbid needs raw counts "
             "(fix or remove those entries, or pass layer= naming the raw-count layer)"
         )
     if values.size and values.min() < 0:
         raise InputError(
-            f"{where} holds negative values (min {values.min():.3g}); deepbid needs raw "
-            "counts, not scaled or centred data: pass layer= naming the raw-count layer"
+            f"{where} holds negative values (min {values.min():.3g}){place}; deepbid needs "
+            "raw counts, not scaled or centred data: pass layer= naming the raw-count layer"
         )
     return bool(np.all(values == np.round(values)))
 
@@ -198,38 +312,42 @@ def batch_labels(adata: ad.AnnData, batch_key: str) -> pd.Categorical:
     return pd.Categorical(column.astype(str))
 
 
-def _normalise(
-    matrix: sp.csr_matrix, library: np.ndarray, is_counts: bool, median_library: float
-) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
-    """``(logx, counts, size_factors)``: log1p of counts per 10^4, the NB target
-    and library / ``median_library``; non-count input is used as it is, rounded
-    for the NB target, with unit size factors (the paper's fallback)."""
-    if is_counts:
-        logx = sp.csr_matrix(sp.diags((TARGET_SUM / library).astype(np.float32)) @ matrix)
-        logx.data = np.log1p(logx.data)
-        return logx, matrix, (library / median_library).astype(np.float32)
-    counts = matrix.copy()
-    counts.data = np.round(counts.data)
-    counts.eliminate_zeros()
-    return matrix, counts, np.ones(matrix.shape[0], dtype=np.float32)
+def _selection_sample(codes: np.ndarray) -> np.ndarray:
+    """``(n_obs,)`` boolean: the cells gene selection reads, every cell of a batch up to
+    :data:`SELECTION_CELLS` and a fixed random sample of that many above."""
+    rng = np.random.default_rng(0)
+    sample = np.zeros(codes.size, dtype=bool)
+    for code in np.unique(codes):
+        members = np.flatnonzero(codes == code)
+        if members.size > SELECTION_CELLS:
+            members = rng.choice(members, SELECTION_CELLS, replace=False)
+        sample[members] = True
+    return sample
 
 
 def _select_genes(
-    logx: sp.csr_matrix,
-    counts: sp.csr_matrix,
+    matrix: sp.csr_matrix,
+    scale: np.ndarray | None,
     codes: np.ndarray,
     n_top_genes: int,
     min_cells: int,
 ) -> np.ndarray:
     """The paper's gene selection: per batch, genes detected in ``min_cells``
-    cells, top ``n_top_genes`` HVGs (Seurat dispersion) of the log data; union."""
-    selected = np.zeros(logx.shape[1], dtype=bool)
+    cells, top ``n_top_genes`` HVGs (Seurat dispersion) of the log data; union.
+
+    ``matrix`` holds the cells' input values, ``scale`` their 10^4 / library
+    (``None``: non-count input, read as it is and rounded for detection).
+    """
+    selected = np.zeros(matrix.shape[1], dtype=bool)
     for code in np.unique(codes):
         rows = codes == code
-        detected = np.asarray((counts[rows] > 0).sum(axis=0)).ravel() >= min_cells
+        values = matrix[rows]
+        counts = values if scale is not None else _rounded(values)
+        detected = np.asarray((counts > 0).sum(axis=0)).ravel() >= min_cells
         if detected.sum() < 2:
             continue
-        sub = ad.AnnData(logx[rows][:, detected])
+        logx = _log_normalised(values, scale[rows]) if scale is not None else values
+        sub = ad.AnnData(logx[:, detected])
         n_top = min(n_top_genes, int(detected.sum()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -251,10 +369,15 @@ def prepare(
 ) -> DataView:
     """Validate ``adata`` and build the training view, selecting genes the paper's way.
 
+    The matrix is read :data:`BLOCK_CELLS` rows at a time, twice (values and
+    library sizes, then the selected genes), so an AnnData read with
+    ``backed="r"`` is never loaded whole.
+
     Parameters
     ----------
     adata
-        Cells x genes, raw counts in ``X`` or ``layers[layer]`` (dense or sparse).
+        Cells x genes, raw counts in ``X`` or ``layers[layer]`` (dense or sparse,
+        in memory or backed).
     batch_key
         Column of ``adata.obs`` holding the batch of each cell.
     layer
@@ -273,9 +396,15 @@ def prepare(
     """
     adata = check_anndata(adata)
     labels = batch_labels(adata, batch_key)
-    matrix = _as_csr(get_matrix(adata, layer))
+    source = get_matrix(adata, layer)
     where = f"adata.layers[{layer!r}]" if layer else "adata.X"
-    is_counts = check_values(matrix, where)
+    all_codes = np.asarray(labels.codes, dtype=np.int64)
+    if genes is None:
+        sample = _selection_sample(all_codes)
+    else:
+        keep = _gene_mask(adata.var_names, genes)
+        sample = np.zeros(adata.n_obs, dtype=bool)
+    library, is_counts, sampled = _scan(source, adata.n_obs, where, sample)
     if not is_counts:
         warnings.warn(
             f"{where} holds non-integer values, so it is taken as log-normalised data: the "
@@ -285,7 +414,6 @@ def prepare(
             stacklevel=3,
         )
 
-    library = np.asarray(matrix.sum(axis=1)).ravel()
     cells = library > 0
     if not cells.all():
         warnings.warn(
@@ -296,32 +424,60 @@ def prepare(
         )
     if not cells.any():
         raise InputError(f"every cell in {where} has zero counts")
-    if not cells.all():  # row indexing copies the matrix: only when needed
-        matrix, library, labels = matrix[cells], library[cells], labels[cells]
-    codes = np.asarray(labels.codes, dtype=np.int64)
+    codes = all_codes[cells]
     categories = [str(c) for c in labels.categories]
-    present = np.bincount(codes, minlength=len(categories))
-    _check_batches(batch_key, categories, present)
+    _check_batches(batch_key, categories, np.bincount(codes, minlength=len(categories)))
 
-    median_library = float(np.median(library)) if is_counts else 1.0
-    logx, counts, size_factors = _normalise(matrix, library, is_counts, median_library)
-
-    if genes is not None:
-        keep = _gene_mask(adata.var_names, genes)
-    else:
-        keep = _select_genes(logx, counts, codes, n_top_genes, min_cells)
+    median_library = float(np.median(library[cells])) if is_counts else 1.0
+    if genes is None:
+        used = cells[sample]
+        keep = _select_genes(
+            sampled[used],
+            _scale(library[sample][used]) if is_counts else None,
+            all_codes[sample][used],
+            n_top_genes,
+            min_cells,
+        )
         if keep.sum() < 2:
             raise InputError(
                 f"fewer than 2 genes are detected in {min_cells} cells of any batch; "
                 "deepbid needs more genes or more cells per batch"
             )
+    del sampled
+    return _view(
+        _gather(source, adata.n_obs, cells, np.flatnonzero(keep)),
+        library[cells],
+        codes,
+        categories,
+        list(adata.var_names[keep]),
+        cells,
+        is_counts,
+        median_library,
+    )
+
+
+def _scale(library: np.ndarray) -> np.ndarray:
+    return (TARGET_SUM / library).astype(np.float32)
+
+
+def _view(
+    matrix: sp.csr_matrix,
+    library: np.ndarray,
+    codes: np.ndarray,
+    categories: list[str],
+    genes: list[str],
+    cells: np.ndarray,
+    is_counts: bool,
+    median_library: float,
+) -> DataView:
+    ones = np.ones(matrix.shape[0], dtype=np.float32)
     return DataView(
-        counts=sp.csr_matrix(counts[:, keep], dtype=np.float32),
-        logx=sp.csr_matrix(logx[:, keep], dtype=np.float32),
-        size_factors=size_factors,
+        matrix=matrix,
+        scale=_scale(library) if is_counts else ones,
+        size_factors=(library / median_library).astype(np.float32) if is_counts else ones,
         batch_codes=codes,
         batch_categories=categories,
-        genes=list(adata.var_names[keep]),
+        genes=genes,
         cells=cells,
         is_counts=is_counts,
         median_library=median_library,
@@ -386,28 +542,25 @@ def prepare_like(
             f"{len(missing)} of the model's {len(genes)} genes are missing from the data "
             f"(e.g. {', '.join(missing[:5])}); give the new cells the same genes"
         )
-    matrix = _as_csr(get_matrix(adata, layer))
+    source = get_matrix(adata, layer)
     where = f"adata.layers[{layer!r}]" if layer else "adata.X"
-    if check_values(matrix, where) != is_counts and is_counts:
+    library, query_counts, _ = _scan(source, adata.n_obs, where, np.zeros(adata.n_obs, bool))
+    if is_counts and not query_counts:
         raise InputError(
             f"the model was trained on raw counts but {where} holds non-integer values"
         )
-    library = np.asarray(matrix.sum(axis=1)).ravel()
     cells = library > 0
     if not cells.any():
         raise InputError(f"every cell in {where} has zero counts")
-    matrix, library = matrix[cells], library[cells]
     cols = adata.var_names.get_indexer(list(genes))
     codes = pd.Categorical(labels[cells], categories=list(batch_categories)).codes.astype(np.int64)
-    logx, counts, size_factors = _normalise(matrix, library, is_counts, reference_median)
-    return DataView(
-        counts=sp.csr_matrix(counts[:, cols], dtype=np.float32),
-        logx=sp.csr_matrix(logx[:, cols], dtype=np.float32),
-        size_factors=size_factors,
-        batch_codes=codes,
-        batch_categories=list(batch_categories),
-        genes=list(genes),
-        cells=cells,
-        is_counts=is_counts,
-        median_library=reference_median,
+    return _view(
+        _gather(source, adata.n_obs, cells, cols),
+        library[cells],
+        codes,
+        list(batch_categories),
+        list(genes),
+        cells,
+        is_counts,
+        reference_median,
     )

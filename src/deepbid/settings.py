@@ -53,6 +53,11 @@ class Settings:
         Epochs of each layer-wise pretraining stage, of the stacked pretraining and
         of the clustering phase; ``None``: the paper's 10, 20 and 20 up to
         :data:`FULL_EPOCH_CELLS` cells, proportionally fewer above (at least 1, 2, 3).
+    epoch_cells
+        Most cells one epoch draws (a fresh random subset each epoch when the data
+        are larger; ``None``: every cell). With the epoch floor it caps the steps of
+        training at any size, so only the full-data passes between epochs (codes,
+        C and P, mixing counts) grow with the number of cells.
     lambda1, lambda2
         Weights of the k-means loss ``L_A`` and of the weight penalty ``L_O``;
         ``None``: the paper's (5, 0.01) below :data:`LARGE_DATA_CELLS` cells, else (1, 1e-4).
@@ -93,6 +98,7 @@ class Settings:
     layer_epochs: int | None = None
     pretrain_epochs: int | None = None
     epochs: int | None = None
+    epoch_cells: int | None = 50_000
     lambda1: float | None = None
     lambda2: float | None = None
     kappa1: float = 0.01

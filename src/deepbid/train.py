@@ -71,15 +71,19 @@ class Trainer:
 
         ``step(x, counts, size_factors, batch, idx)`` returns named loss terms,
         already weighted, whose sum is minimised; their per-epoch means go to
-        ``history[phase][term]``, with the ``total`` and the ``seconds`` the
-        epoch's minibatch steps took.
+        ``history[phase][term]``, with the ``total``, the optimiser ``steps`` and the
+        ``seconds`` the epoch's minibatch steps took.
         """
         params = list(params)
         optimiser = torch.optim.Adam(params, lr=self.settings.lr)
-        n_used = distributed.all_min(view.n_cells)
-        # batch_size is the global minibatch: processes split it, so a distributed
-        # run takes the same steps per epoch as a single process
-        batch_size = -(-self.settings.batch_size // distributed.world_size())
+        # batch_size and epoch_cells are global: processes split them, so a
+        # distributed run takes the same steps per epoch as a single process
+        world = distributed.world_size()
+        cap = self.settings.epoch_cells
+        n_used = distributed.all_min(
+            view.n_cells if cap is None else min(view.n_cells, -(-cap // world))
+        )
+        batch_size = -(-self.settings.batch_size // world)
         for epoch in range(1, n_epochs + 1):
             sums: dict[str, float] = {}
             n_steps = 0
@@ -101,6 +105,7 @@ class Trainer:
                 n_steps += 1
             record = {name: value / n_steps for name, value in sums.items()}
             record["total"] = sum(record.values())
+            record["steps"] = float(n_steps)
             record["seconds"] = time.perf_counter() - start
             if after_epoch is not None:
                 record.update(after_epoch())
@@ -327,7 +332,7 @@ def _encoded(
     module: Autoencoder, view: DataView, idx: np.ndarray, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     batch = torch.from_numpy(view.batch_codes[idx]).to(device)
-    return module.encode(torch.from_numpy(view.logx[idx].toarray()).to(device), batch), batch
+    return module.encode(torch.from_numpy(view.inputs(idx)).to(device), batch), batch
 
 
 @torch.no_grad()
