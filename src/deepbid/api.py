@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,7 +10,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, InputWarning
 from .model import DeepBID
 
 #: Keys ``integrate`` writes (``key`` is ``key_added``, default ``"deepbid"``).
@@ -19,10 +20,31 @@ OUTPUT_KEYS = {
     "obsm['{key}_membership']": "soft assignments P, cells x K (rows sum to 1)",
     "obsm['{key}_denoised']": "batch-corrected denoised expression, cells x genes used "
     "(DataFrame with gene columns): the NB mean averaged over decoding in every batch, in "
-    "counts at the median library size; not with denoised=False",
+    "counts at the median library size; by default only up to 10^8 values (cells x genes), "
+    "never with denoised=False",
     "var['{key}_gene']": "whether each gene was used by the model",
     "uns['{key}']": "settings, genes, batches, K estimation and per-epoch loss history",
 }
+
+
+#: Most values (cells x genes used) of the denoised matrix written by default: 10^8
+#: float32 values are 400 MB, e.g. 50,000 cells x 2,000 genes.
+DENOISED_MAX_VALUES = 100_000_000
+
+
+def _denoised_fits(n_cells: int, n_genes: int) -> bool:
+    if n_cells * n_genes <= DENOISED_MAX_VALUES:
+        return True
+    gigabytes = 4 * n_cells * n_genes / 1e9
+    warnings.warn(
+        f"the denoised matrix ({n_cells:,} cells x {n_genes:,} genes, {gigabytes:.1f} GB) is "
+        f"not written by default above {DENOISED_MAX_VALUES:.0e} values; pass denoised=True "
+        "(CLI: --denoised) to write it, or fit a deepbid.DeepBID and call "
+        "model.denoised(adata[start:stop]) for the cells you need",
+        InputWarning,
+        stacklevel=3,
+    )
+    return False
 
 
 def integrate(
@@ -37,7 +59,7 @@ def integrate(
     copy: bool = False,
     key_added: str = "deepbid",
     progress: bool = True,
-    denoised: bool = True,
+    denoised: bool | None = None,
     transform_batch: str | Sequence[str] | None = "average",
     **model_kwargs: Any,
 ) -> ad.AnnData | None:
@@ -67,7 +89,9 @@ def integrate(
         Show a progress bar.
     denoised
         Write the denoised matrix, the one dense cells x genes output (at 10^6
-        cells and 2,000 genes, 8 GB); ``False`` skips it.
+        cells and 2,000 genes, 8 GB): ``None`` writes it up to
+        :data:`DENOISED_MAX_VALUES` values and otherwise says how to get it; ``True``
+        always; ``False`` never.
     transform_batch
         Batch(es) every cell is decoded in for the denoised matrix: ``"average"`` (the
         mean over all batches: the batch effect removed), one batch name, or ``None``
@@ -89,6 +113,12 @@ def integrate(
     """
     if not isinstance(adata, ad.AnnData):
         raise InputError(f"expected an AnnData object, got {type(adata).__name__}")
+    if copy and adata.isbacked:
+        raise InputError(
+            "copy=True needs the whole AnnData in memory, and this one is backed on disk: "
+            "integrate it in place (copy=False: results go into its obs/obsm/uns in memory; "
+            "save them with adata.write_h5ad(new_path)) or load it with adata.to_memory()"
+        )
     model = DeepBID(
         n_clusters=n_clusters, seed=seed, device=device, progress=progress, **model_kwargs
     )
@@ -103,13 +133,14 @@ def write_results(
     model: DeepBID,
     key: str = "deepbid",
     *,
-    denoised: bool = True,
+    denoised: bool | None = None,
     transform_batch: str | Sequence[str] | None = "average",
 ) -> None:
     """Write a model's results for the cells of ``adata`` (see :data:`OUTPUT_KEYS`).
 
     ``adata`` is the data the model was fitted (or mapped) on; for a loaded model,
-    any cells with its genes and batches, which are embedded afresh.
+    any cells with its genes and batches, which are embedded afresh. ``denoised``:
+    as in :func:`integrate`.
     """
     data = None if model.train_view is not None else adata
     if data is None and model.train_view.cells.size != adata.n_obs:
@@ -124,6 +155,8 @@ def write_results(
     adata.obs[f"{key}_cluster"] = pd.Categorical.from_codes(
         labels, categories=[str(c) for c in range(n_clusters)]
     )
+    if denoised is None:
+        denoised = _denoised_fits(adata.n_obs, len(model.genes))
     if denoised:
         adata.obsm[f"{key}_denoised"] = pd.DataFrame(
             model.denoised(data, transform_batch=transform_batch),

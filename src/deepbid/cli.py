@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -33,12 +34,11 @@ def _run(
     adata: ad.AnnData,
     args: argparse.Namespace,
     *,
-    output: Path,
     figures: Path | None,
     report: Path | None,
     metrics: Path,
 ) -> None:
-    """Integrate, draw, report, then write the h5ad and the metrics table."""
+    """Integrate ``adata`` in place, draw, report, and write the metrics table."""
     model = _model_from(args)
     if distributed.rank() != 0:  # a torchrun worker trains its shard; rank 0 writes
         model.fit(adata, args.batch_key, layer=args.layer)
@@ -47,34 +47,33 @@ def _run(
     transfer_key = getattr(args, "transfer_labels", None)
     if transfer_key is not None and transfer_key not in adata.obs.columns:
         raise InputError(f"--transfer-labels {transfer_key!r} is not a column of adata.obs")
-    out, table = evaluate(
+    table, scored = evaluate(
         adata,
         model,
         args.batch_key,
         layer=args.layer,
         label_key=args.label_key,
         figures=figures,
-        denoised=not args.no_denoised,
+        denoised=args.denoised,
     )
     transferred = None
     if transfer_key is not None:
-        transfer_labels(out, transfer_key)
-        transferred = transfer_summary(out, transfer_key)
+        transfer_labels(adata, transfer_key)
+        transferred = transfer_summary(adata, transfer_key)
         print(f"labels transferred to obs['{transfer_key}_deepbid']:")
         print(transferred.to_string(float_format=lambda v: f"{v:.3f}"))
     if report is not None:
         page = write_report(
             report,
-            out,
+            adata,
             model,
             table,
             batch_key=args.batch_key,
             label_key=args.label_key,
             transferred=transferred,
+            cells=scored,
         )
         print(f"report: {page}")
-    write_atomically(output, lambda tmp: out.write_h5ad(tmp, compression="gzip"))
-    print(f"integrated AnnData: {output}")
     if figures is not None:
         print(f"figures: {figures}/*.png")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -88,15 +87,29 @@ def _integrate(args: argparse.Namespace) -> None:
         raise InputError("the output path is the input file; deepbid never overwrites its input")
     if not target.parent.is_dir():
         raise InputError(f"output folder {str(target.parent)!r} does not exist")
-    adata = read_h5ad(source)
-    _run(
-        adata,
-        args,
-        output=target,
-        figures=Path(args.figures) if args.figures else None,
-        report=Path(args.report) if args.report else None,
-        metrics=Path(args.metrics) if args.metrics else target.with_suffix(".metrics.csv"),
-    )
+    options = {
+        "figures": Path(args.figures) if args.figures else None,
+        "report": Path(args.report) if args.report else None,
+        "metrics": Path(args.metrics) if args.metrics else target.with_suffix(".metrics.csv"),
+    }
+    if distributed.rank() != 0:
+        _run(read_h5ad(source, backed="r"), args, **options)
+        return
+
+    def integrate_copy(path: str) -> None:
+        # the output starts as a byte copy of the input, opened with its matrix left on
+        # disk: training streams it, and only deepbid's results are written back
+        read_h5ad(source, backed="r").file.close()  # a clear error for a bad file first
+        shutil.copyfile(source, path)
+        adata = read_h5ad(path, backed="r+")
+        try:
+            _run(adata, args, **options)
+            adata.write()
+        finally:
+            adata.file.close()
+
+    write_atomically(target, integrate_copy)
+    print(f"integrated AnnData: {target}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -104,14 +117,11 @@ def _demo(args: argparse.Namespace) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     print("deepbid demo: CellBench sc_mixology, 499 cells, 3 cell lines, CEL-seq2 + Drop-seq")
     args.batch_key, args.label_key, args.layer = "batch", "cell_type", None
-    _run(
-        mixology_3cl(),
-        args,
-        output=outdir / "demo.h5ad",
-        figures=outdir,
-        report=outdir,
-        metrics=outdir / "metrics.csv",
-    )
+    adata = mixology_3cl()
+    _run(adata, args, figures=outdir, report=outdir, metrics=outdir / "metrics.csv")
+    output = outdir / "demo.h5ad"
+    write_atomically(output, lambda tmp: adata.write_h5ad(tmp, compression="gzip"))
+    print(f"integrated AnnData: {output}")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -139,10 +149,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "proportionally fewer above)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument(
+    denoised = parser.add_mutually_exclusive_group()
+    denoised.add_argument(
+        "--denoised",
+        dest="denoised",
+        action="store_const",
+        const=True,
+        default=None,
+        help="always write obsm['deepbid_denoised'] (a dense cells x genes matrix; by "
+        "default written up to 10^8 values)",
+    )
+    denoised.add_argument(
         "--no-denoised",
-        action="store_true",
-        help="do not write obsm['deepbid_denoised'] (a dense cells x genes matrix)",
+        dest="denoised",
+        action="store_const",
+        const=False,
+        help="never write obsm['deepbid_denoised']",
     )
 
 

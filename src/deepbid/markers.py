@@ -49,6 +49,7 @@ def markers(
     label_key: str | None = None,
     n_genes: int = 25,
     key_added: str = "rank_genes_groups",
+    cells: np.ndarray | None = None,
 ) -> pd.DataFrame | None:
     """Rank marker genes per cluster (Wilcoxon, one vs rest, on log-normalised counts).
 
@@ -71,6 +72,9 @@ def markers(
         Markers per group compared with the reference's.
     key_added
         ``uns`` key of the ranking.
+    cells
+        Indices of the cells whose genes are ranked (a sample, on large data; ``None``:
+        all); the contingency table counts every cell.
 
     Returns
     -------
@@ -84,7 +88,8 @@ def markers(
     for key in (groupby, label_key):
         if key is not None and key not in adata.obs.columns:
             raise InputError(f"{key!r} not found in adata.obs; run deepbid.integrate first?")
-    data = log_normalised(adata, layer)
+    chosen = adata if cells is None else adata[cells]
+    data = log_normalised(chosen.to_memory() if chosen.isbacked else chosen, layer)
     data = data[data.obs[groupby].notna().to_numpy()].copy()
     data.obs[groupby] = data.obs[groupby].astype(str).astype("category")
     cluster_markers = _rank(data, groupby, n_genes)
@@ -93,7 +98,8 @@ def markers(
         return None
     data.obs[label_key] = data.obs[label_key].astype(str).astype("category")
     label_markers = _rank(data, label_key, n_genes)
-    contingency = pd.crosstab(data.obs[groupby], data.obs[label_key])
+    obs = adata.obs[adata.obs[groupby].notna()]
+    contingency = pd.crosstab(obs[groupby].astype(str), obs[label_key].astype(str))
     contingency.index = contingency.index.astype(str).rename("cluster")
     contingency.columns = contingency.columns.astype(str).rename(label_key)
     table = compare(contingency, cluster_markers, label_markers)

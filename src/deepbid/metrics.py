@@ -7,6 +7,8 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.neighbors import NearestNeighbors
 
+from .neighbors import knn
+
 
 def ari(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
     """Adjusted Rand index of two labelings of the same cells."""
@@ -42,7 +44,8 @@ def lisi(x: np.ndarray, labels: np.ndarray, perplexity: float = 30.0) -> np.ndar
     """Local inverse Simpson's index of ``labels`` for every cell of the ``(n, d)`` embedding.
 
     Korsunsky et al. 2019 (Harmony): the effective number of labels among a
-    cell's ``3 * perplexity`` nearest neighbours, weighted by ``exp(-beta * d)`` of
+    cell's ``3 * perplexity`` nearest neighbours (:func:`deepbid.neighbors.knn`:
+    exact up to 50,000 cells, approximate above), weighted by ``exp(-beta * d)`` of
     their Euclidean distance ``d`` (not squared, as in ``harmonypy.compute_lisi``
     and scib-metrics; the test suite holds this function side by side with
     harmonypy's), ``beta`` calibrated to the perplexity. iLISI uses batch labels
@@ -54,7 +57,7 @@ def lisi(x: np.ndarray, labels: np.ndarray, perplexity: float = 30.0) -> np.ndar
     """
     codes = pd.Categorical(labels).codes
     k = int(min(3 * perplexity, x.shape[0] - 1))
-    dist, idx = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
+    idx, dist = knn(x, k + 1)
     dist, idx = dist[:, 1:], idx[:, 1:]
     w = _calibrated_weights(dist.astype(np.float64), min(perplexity, k / 3))
     share = np.zeros((x.shape[0], codes.max() + 1))

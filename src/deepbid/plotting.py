@@ -18,6 +18,8 @@ import scanpy as sc  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
+from .neighbors import KNNTransformer  # noqa: E402
+
 
 def log_pca(logx: sp.spmatrix | np.ndarray, n_comps: int = 50, seed: int = 0) -> np.ndarray:
     """The unintegrated embedding: PCA of the log-normalised matrix ``(n, f) -> (n, n_comps)``."""
@@ -27,14 +29,13 @@ def log_pca(logx: sp.spmatrix | np.ndarray, n_comps: int = 50, seed: int = 0) ->
 
 
 def umap(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-d UMAP ``(n, 2)`` of an ``(n, d)`` embedding (scanpy's neighbours + UMAP)."""
+    """2-d UMAP ``(n, 2)`` of an ``(n, d)`` embedding (scanpy's UMAP on 15 neighbours
+    from :mod:`deepbid.neighbors`)."""
     holder = ad.AnnData(np.zeros((embedding.shape[0], 1), dtype=np.float32))
     holder.obsm["X_rep"] = embedding
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sc.pp.neighbors(  # exact kNN, see evaluate.leiden
-            holder, use_rep="X_rep", n_neighbors=15, transformer="sklearn", random_state=seed
-        )
+        sc.pp.neighbors(holder, use_rep="X_rep", transformer=KNNTransformer(15, seed))
         sc.tl.umap(holder, random_state=seed)
     return holder.obsm["X_umap"]
 
@@ -78,7 +79,7 @@ def loss_curves(history: dict[str, dict[str, list[float]]], path: str | os.PathL
         (phase, term, values)
         for phase, terms in history.items()
         for term, values in terms.items()
-        if len(values) > 0
+        if len(values) > 0 and term != "steps"  # a count, not a loss
     ]
     n_cols = 4
     n_rows = -(-len(panels) // n_cols)

@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 
 from . import plotting
@@ -40,6 +41,7 @@ def write_report(
     batch_key: str,
     label_key: str | None = None,
     transferred: pd.DataFrame | None = None,
+    cells: np.ndarray | None = None,
 ) -> Path:
     """Write ``report.html`` (figures embedded) into ``directory``.
 
@@ -47,7 +49,8 @@ def write_report(
     are added to it); ``directory`` must already hold ``umap_before.png``,
     ``umap_after.png`` and ``loss_curves.png`` (as drawn by :func:`deepbid.evaluate.evaluate`).
     ``transferred``, the table of :func:`deepbid.transfer.transfer_summary`, adds a
-    label-transfer section.
+    label-transfer section. ``cells`` (indices into ``adata``; ``None``: all) are the
+    cells whose marker genes are ranked and drawn, a sample on large data.
 
     Returns
     -------
@@ -60,8 +63,10 @@ def write_report(
         adata.obs[batch_key].astype(str).to_numpy()[kept],
         directory / "composition.png",
     )
-    comparison = markers(adata, label_key=label_key, layer=model.layer)
-    lognorm = log_normalised(adata[kept], model.layer)
+    ranked = np.flatnonzero(kept) if cells is None else cells[kept[cells]]
+    comparison = markers(adata, label_key=label_key, layer=model.layer, cells=ranked)
+    chosen = adata[ranked]
+    lognorm = log_normalised(chosen.to_memory() if chosen.isbacked else chosen, model.layer)
     lognorm.obs["deepbid_cluster"] = lognorm.obs["deepbid_cluster"].astype(str).astype("category")
     lognorm.uns["rank_genes_groups"] = adata.uns["rank_genes_groups"]
     plotting.marker_dotplot(lognorm, "deepbid_cluster", directory / "markers_dotplot.png")
@@ -70,7 +75,7 @@ def write_report(
     batches = html.escape(", ".join(model.batch_categories))
     sections = [
         "<h1>deepbid report</h1>",
-        f"<p>{adata.n_obs} cells, {len(model.genes)} genes used, "
+        f"<p>{adata.n_obs:,} cells, {len(model.genes)} genes used, "
         f"{len(model.batch_categories)} batches ({batches}), "
         f"{model.centres.shape[0]} clusters.</p>",
         "<h2>Metrics</h2>",
