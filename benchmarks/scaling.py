@@ -1,33 +1,42 @@
-"""Time and memory of deepbid against the number of cells, with scVI alongside.
+"""Time, memory and quality against the number of cells: deepbid's command line end to
+end, Harmony, and scVI at two training lengths.
 
-Simulated counts (``deepbid.datasets.simulate``: 2,000 genes, 3 batches, 8 cell
-types, per-batch gene scaling and library shifts, unequal type mixes) at 5k,
-20k, 50k and 100k cells are written to h5ad first; then every run reads its
-file in a fresh process and integrates it end to end with default settings
-(reading, gene selection, pretraining, K estimation, clustering phase, and the
-embedding, clusters and denoised matrix written into the AnnData). scVI, on the
-same genes' counts with its default training length, runs at the sizes given by
-``--scvi-cells``. Seconds are that process's wall time, memory its peak
-resident set (VmHWM). ARI is of each method's own clusters (deepbid: its
-clusters with K estimated; scVI: Leiden at resolution 1, as in compare.py)
-and, for both, of k-means with the true K on the embedding.
+One simulated scenario at every size (``deepbid.datasets.simulate``: 2,000 genes,
+8 batches, 10 cell types of which two are held by one batch only and one holds 1 % of
+the cells, per-batch gene scaling and library shifts), written to h5ad first. Every
+run then starts a fresh process that reads that file:
 
-deepbid's training arithmetic (the linear layers' multiply-adds, forward and
-backward, counted from the settings) divided by the seconds its minibatch steps
-took is reported as a fraction of the same process's dense float32 matmul rate.
+- ``deepbid``: the command line, ``deepbid integrate FILE -o OUT --label-key cell_type
+  --no-denoised`` (reading, gene selection, training, K estimated, results written to
+  OUT, and its own metrics table); ``steps`` are its optimiser steps and ``passes`` its
+  passes over all cells (two reading, then one per clustering epoch plus two
+  embeddings).
+- ``harmony``: log-normalisation and PCA (50 components, scanpy's sparse PCA) of the
+  genes deepbid selects, then harmonypy, all timed; skipped above ``--harmony-max``
+  cells and stopped after 30 minutes.
+- ``scvi``: scvi-tools on the raw counts of the same genes, with its default number of
+  epochs (``scvi``) and with deepbid's number of optimiser steps at that size
+  (``scvi (deepbid's steps)``), at the sizes of ``--scvi-cells``.
+
+Seconds are the run's wall time, memory its process's peak resident set (VmHWM). Every
+method is scored by the same code on the same 20,000 randomly drawn cells (all cells
+below that): ARI of deepbid's own clusters (K estimated), for the peers of Leiden at
+resolution 1 and of k-means with the true K on their embeddings; median iLISI of the
+batches on each embedding.
 
     pip install -e ".[benchmark]"
-    python benchmarks/scaling.py                      # 5k 20k 50k 100k; scVI at 5k 20k
-    python benchmarks/scaling.py --cells 2000 5000 --scvi-cells
-    python benchmarks/scaling.py --device cuda --cells 20000 100000 1000000 --scvi-cells 20000
+    python benchmarks/scaling.py                          # 5k 20k 100k 1M; ~2 h on 2 cores
+    python benchmarks/scaling.py --cells 5000 20000 --scvi-cells 5000
 
-Writes results/scaling.csv, results/scaling.md and results/scaling.png.
+Writes results/scaling.csv and results/scaling.md (with the commit and versions) and
+results/scaling.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import multiprocessing as mp
 import queue as queue_module
 import tempfile
@@ -36,19 +45,30 @@ import warnings
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
-from compare import memory_mb
+from compare import memory_mb, provenance
 from sklearn.cluster import KMeans
 
 import deepbid
 from deepbid import metrics
 from deepbid.data import prepare
-from deepbid.evaluate import leiden
+from deepbid.evaluate import leiden, scored_sample
 
 HERE = Path(__file__).resolve().parent
+#: ``simulate`` arguments besides the size.
+SCENARIO = dict(
+    n_genes=2000,
+    n_batches=8,
+    n_types=10,
+    batch_specific=2,
+    type_shares=[0.2, 0.15, 0.12, 0.12, 0.1, 0.1, 0.08, 0.07, 0.05, 0.01],
+    seed=0,
+)
+#: Longest a run may take (s); Harmony past it is reported as not finished.
+LIMIT = 30 * 60
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -62,124 +82,106 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
-    """Median dense float32 ``size x size`` matmul rate on ``device``, FLOP/s."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / float(np.median(times))
+def run_deepbid(path: str, device: str, steps: int | None) -> dict:
+    from deepbid.cli import main
 
-
-def training_flops(settings: dict, n_genes: int, n_batches: int, n_cells: int) -> float:
-    """Multiply-add FLOPs of the linear layers over all of deepbid's minibatch steps.
-
-    Per cell a layer with ``P`` weights costs ``2P`` forward, ``2P`` for its weight
-    gradient and ``2P`` for its input gradient (skipped where the input needs none).
-    """
-    f, hidden, latent = n_genes, settings["hidden_dim"], settings["latent_dim"]
-    enc1, enc2, head = f * hidden, hidden * latent, hidden * f
-    dec1 = (latent + (n_batches if settings["conditional_decoder"] else 0)) * hidden
-    per_cell = {
-        "pretrain_outer": 4 * enc1 + 6 * head,
-        "pretrain_inner": 2 * enc1 + 4 * enc2 + 6 * dec1,
-        "pretrain": 4 * enc1 + 6 * (enc2 + dec1 + 3 * head),
-        "cluster": 4 * enc1 + 6 * (enc2 + dec1 + 2 * head),
-    }
-    epochs = {
-        "pretrain_outer": settings["layer_epochs"],
-        "pretrain_inner": settings["layer_epochs"],
-        "pretrain": settings["pretrain_epochs"],
-        "cluster": settings["epochs"],
-    }
-    return float(sum(per_cell[p] * epochs[p] for p in per_cell) * n_cells)
-
-
-def kmeans_ari(embedding: np.ndarray, labels: np.ndarray) -> float:
-    k = np.unique(labels).size
-    return metrics.ari(labels, KMeans(k, n_init=3, random_state=0).fit_predict(embedding))
-
-
-def run_deepbid(path: str, device: str) -> dict:
-    rate = matmul_rate(deepbid.model.resolve_device(device))
+    out = Path(path).with_suffix(".deepbid.h5ad")
+    table = Path(path).with_suffix(".metrics.csv")
+    argv = ["integrate", path, "-o", str(out), "--label-key", "cell_type", "--no-denoised"]
     start = time.perf_counter()
-    adata = ad.read_h5ad(path)
-    deepbid.integrate(adata, "batch", seed=0, device=device, progress=False)
+    code = main([*argv, "--quiet", "--device", device, "--metrics", str(table)])
     seconds = time.perf_counter() - start
-    peak = memory_mb("VmHWM")
-    info = adata.uns["deepbid"]
+    if code != 0:
+        raise RuntimeError(f"deepbid integrate exited with {code}")
+    with h5py.File(out, "r") as f:
+        info = ad.io.read_elem(f["uns/deepbid"])
+        clusters = ad.io.read_elem(f["obs"])["deepbid_cluster"]
+        embedding = f["obsm/X_deepbid"]
+        sample = scored_sample(embedding.shape[0], 0)
+        embedding = embedding[sample]
     history = info["history"]
-    step_seconds = sum(float(np.sum(terms["seconds"])) for terms in history.values())
-    used = adata.obs["deepbid_cluster"].notna().to_numpy()
-    flops = training_flops(
-        info["settings"], len(info["genes"]), len(info["batches"]), int(used.sum())
-    )
-    labels = adata.obs["cell_type"].astype(str).to_numpy()[used]
-    embedding = adata.obsm["X_deepbid"][used]
-    settings = info["settings"]
     return {
-        "device": settings["device"],
         "seconds": seconds,
-        "peak_rss_mb": peak,
-        "ari": metrics.ari(labels, adata.obs["deepbid_cluster"].to_numpy()[used]),
-        "ari_kmeans_true_k": kmeans_ari(embedding, labels),
-        "n_clusters": int(settings["n_clusters"]),
-        "epochs": f"{settings['layer_epochs']}+{settings['layer_epochs']}+"
-        f"{settings['pretrain_epochs']}+{settings['epochs']}",
-        "train_gflop_per_s": flops / step_seconds / 1e9,
-        "matmul_gflop_per_s": rate / 1e9,
-        "rate_fraction": flops / step_seconds / rate,
+        "integrate_seconds": float(pd.read_csv(table, index_col=0).loc["deepbid", "seconds"]),
+        "peak_rss_mb": memory_mb("VmHWM"),
+        "steps": int(sum(np.sum(terms["steps"]) for terms in history.values())),
+        "passes": 2 + len(history["cluster"]["steps"]) + 2,
+        "clusters": clusters.astype(str).to_numpy()[sample],
+        "embedding": embedding,
+        "sample": sample,
     }
 
 
-def run_scvi(path: str, device: str) -> dict:
+def _genes_view(path: str):
+    adata = ad.read_h5ad(path)
+    return adata, prepare(adata, "batch")
+
+
+def run_harmony(path: str, device: str, steps: int | None) -> dict:
+    import harmonypy
+    import scanpy as sc
+
+    start = time.perf_counter()
+    adata, view = _genes_view(path)
+    holder = ad.AnnData(view.logx)
+    sc.pp.pca(holder, n_comps=50, random_state=0)
+    meta = pd.DataFrame({"batch": adata.obs["batch"].to_numpy()[view.cells]})
+    z = np.asarray(
+        harmonypy.run_harmony(holder.obsm["X_pca"], meta, "batch", random_state=0).Z_corr
+    )
+    z = z if z.shape[0] == view.n_cells else z.T
+    seconds = time.perf_counter() - start
+    sample = scored_sample(view.n_cells, 0)
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": memory_mb("VmHWM"),
+        "embedding": z[sample],
+        "sample": sample,
+    }
+
+
+def run_scvi(path: str, device: str, steps: int | None) -> dict:
     import scvi
 
     scvi.settings.seed = 0
     start = time.perf_counter()
-    adata = ad.read_h5ad(path)
-    view = prepare(adata, "batch")
+    adata, view = _genes_view(path)
     holder = ad.AnnData(view.counts)
     holder.obs["batch"] = adata.obs["batch"].to_numpy()[view.cells]
     scvi.model.SCVI.setup_anndata(holder, batch_key="batch")
     model = scvi.model.SCVI(holder)
     accelerator = "gpu" if deepbid.model.resolve_device(device).type == "cuda" else "cpu"
-    model.train(accelerator=accelerator, enable_progress_bar=False)
+    options = {}
+    if steps is not None:  # scVI trains on 90 % of the cells, 128 per step
+        per_epoch = math.ceil(0.9 * view.n_cells / 128)
+        options["max_epochs"] = max(1, round(steps / per_epoch))
+    model.train(accelerator=accelerator, enable_progress_bar=False, **options)
     embedding = model.get_latent_representation()
     seconds = time.perf_counter() - start
-    peak = memory_mb("VmHWM")
-    labels = adata.obs["cell_type"].astype(str).to_numpy()[view.cells]
-    clusters = leiden(embedding, seed=0)
+    epochs = max(len(values) for values in model.history.values())
+    sample = scored_sample(view.n_cells, 0)
     return {
-        "device": accelerator,
         "seconds": seconds,
-        "peak_rss_mb": peak,
-        "ari": metrics.ari(labels, clusters),
-        "ari_kmeans_true_k": kmeans_ari(embedding, labels),
-        "n_clusters": int(np.unique(clusters).size),
-        "epochs": str(max(len(values) for values in model.history.values())),
+        "peak_rss_mb": memory_mb("VmHWM"),
+        "steps": epochs * math.ceil(0.9 * view.n_cells / 128),
+        "embedding": embedding[sample],
+        "sample": sample,
     }
 
 
-def _child(method: str, path: str, device: str, queue: mp.Queue) -> None:
+def _child(method: str, path: str, device: str, steps: int | None, queue: mp.Queue) -> None:
     warnings.simplefilter("ignore")
-    queue.put(globals()[f"run_{method}"](path, device))
+    queue.put(globals()[f"run_{method}"](path, device, steps))
 
 
-def run_isolated(method: str, path: str, device: str) -> dict:
-    """One run in a fresh process, so that its time and peak memory are its own."""
+def run_isolated(method: str, path: str, device: str, steps: int | None = None) -> dict | None:
+    """One run in a fresh process, so that its time and peak memory are its own;
+    ``None`` when it passes :data:`LIMIT`."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_child, args=(method, path, device, queue))
+    process = context.Process(target=_child, args=(method, path, device, steps, queue))
     process.start()
+    start = time.perf_counter()
     while True:
         try:
             result = queue.get(timeout=5)
@@ -187,8 +189,27 @@ def run_isolated(method: str, path: str, device: str) -> dict:
         except queue_module.Empty:
             if not process.is_alive():
                 raise RuntimeError(f"{method} on {path} failed (exit {process.exitcode})") from None
+            if time.perf_counter() - start > LIMIT:
+                process.kill()
+                return None
     process.join()
     return result
+
+
+def score(result: dict, labels: np.ndarray, batch: np.ndarray) -> dict:
+    """ARI and median iLISI of a run on its scored cells (see the module docstring)."""
+    cells = result.pop("sample")
+    x, truth = result.pop("embedding"), labels[cells]
+    out = {"ilisi_median": float(np.median(metrics.lisi(x, batch[cells])))}
+    if "clusters" in result:
+        out["ari"] = metrics.ari(truth, result.pop("clusters"))
+    else:
+        out["ari"] = metrics.ari(truth, leiden(x, seed=0))
+    k = np.unique(truth).size
+    out["ari_kmeans_true_k"] = metrics.ari(
+        truth, KMeans(k, n_init=3, random_state=0).fit_predict(x)
+    )
+    return out
 
 
 def figure(table: pd.DataFrame, path: Path) -> None:
@@ -198,11 +219,8 @@ def figure(table: pd.DataFrame, path: Path) -> None:
         (axes[0], "seconds", "wall time (s)"),
         (axes[1], "peak_rss_mb", "peak resident memory (MB)"),
     ):
-        for method, rows in table.groupby("method"):
+        for method, rows in table.dropna(subset=[column]).groupby("method"):
             ax.plot(rows["cells"], rows[column], marker="o", label=method)
-        cells = np.array(sorted(table["cells"].unique()), dtype=float)
-        first = table[table["method"] == "deepbid"].sort_values("cells")[column].iloc[0]
-        ax.plot(cells, first * cells / cells[0], ls=":", c="grey", label="linear")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("cells")
@@ -213,40 +231,77 @@ def figure(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def exponent(table: pd.DataFrame, low: int) -> float:
+    """Slope of log seconds on log cells for deepbid's rows from ``low`` cells up."""
+    rows = table[(table["method"] == "deepbid") & (table["cells"] >= low)]
+    return float(np.polyfit(np.log(rows["cells"]), np.log(rows["seconds"]), 1)[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", nargs="+", type=int, default=[5000, 20000, 50000, 100000])
-    parser.add_argument("--scvi-cells", nargs="*", type=int, default=[5000, 20000])
-    parser.add_argument("--genes", type=int, default=2000)
+    parser.add_argument("--cells", nargs="+", type=int, default=[1_000_000, 100_000, 20_000, 5_000])
+    parser.add_argument("--scvi-cells", nargs="*", type=int, default=[5_000, 20_000, 100_000])
     parser.add_argument(
-        "--batch-specific", type=int, default=0, help="types each held by one batch only"
+        "--scvi-default-max",
+        type=int,
+        default=100_000,
+        help="largest size with scVI's default epochs (above: deepbid's steps only)",
     )
+    parser.add_argument("--data", default=None, help="folder keeping the simulated h5ad files")
+    parser.add_argument("--harmony-max", type=int, default=1_000_000)
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when present) or 'cpu'")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     scvi_cells = args.scvi_cells if importlib.util.find_spec("scvi") else []
-    if args.scvi_cells and not scvi_cells:
-        print("scvi-tools not installed, scVI skipped (pip install -e '.[benchmark]')")
+    harmony = importlib.util.find_spec("harmonypy") is not None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stamp = provenance()
     rows = []
+
+    def record(n: int, method: str, result: dict | None, labels, batch) -> None:
+        row = {"cells": n, "method": method}
+        if result is None:
+            row["note"] = f"not finished in {LIMIT // 60} min"
+        else:
+            row |= score(result, labels, batch) | result
+        rows.append(row)
+        print(pd.DataFrame([row]).to_string(index=False), flush=True)
+        table = pd.DataFrame(rows)
+        table.to_csv(out / "scaling.csv", index=False)
+
     with tempfile.TemporaryDirectory() as tmp:
-        for n in sorted(set(args.cells) | set(scvi_cells)):
-            path = str(Path(tmp) / f"sim_{n}.h5ad")
-            deepbid.datasets.simulate(
-                n, args.genes, n_batches=3, n_types=8, batch_specific=args.batch_specific, seed=0
-            ).write_h5ad(path)
-            runs = (("deepbid", args.cells), ("scvi", scvi_cells))
-            methods = [method for method, sizes in runs if n in sizes]
-            for method in methods:
-                result = run_isolated(method, path, args.device)
-                rows.append({"cells": n, "method": method, **result})
-                print(pd.DataFrame([rows[-1]]).to_string(index=False), flush=True)
-    table = pd.DataFrame(rows)
+        for n in args.cells:
+            path = Path(args.data or tmp) / f"sim_{n}.h5ad"
+            if not path.exists():
+                deepbid.datasets.simulate(n, **SCENARIO).write_h5ad(path)
+            obs = ad.read_h5ad(path, backed="r").obs
+            labels = obs["cell_type"].astype(str).to_numpy()
+            batch = obs["batch"].astype(str).to_numpy()
+            path = str(path)
+            result = run_isolated("deepbid", path, args.device)
+            steps = result["steps"]
+            record(n, "deepbid", result, labels, batch)
+            if harmony and n <= args.harmony_max:
+                record(n, "harmony", run_isolated("harmony", path, args.device), labels, batch)
+            if n in scvi_cells:
+                if n <= args.scvi_default_max:
+                    record(n, "scvi", run_isolated("scvi", path, args.device), labels, batch)
+                result = run_isolated("scvi", path, args.device, steps)
+                record(n, "scvi (deepbid's steps)", result, labels, batch)
+            for name in Path(path).parent.glob(f"sim_{n}.*.*"):
+                name.unlink()  # deepbid's output and metrics
+    table = pd.DataFrame(rows).sort_values(["cells", "method"])
     table.to_csv(out / "scaling.csv", index=False)
-    (out / "scaling.md").write_text(markdown(table.fillna("")))
+    slope = exponent(table, 20_000)
+    header = (
+        f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores; "
+        f"{stamp['versions']}\n\ndeepbid's log seconds on log cells from 20k up: slope "
+        f"{slope:.2f}\n\n"
+    )
+    (out / "scaling.md").write_text(header + markdown(table.fillna("")))
     figure(table, out / "scaling.png")
-    print(markdown(table.fillna("")))
+    print(header + markdown(table.fillna("")))
 
 
 if __name__ == "__main__":

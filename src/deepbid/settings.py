@@ -98,7 +98,7 @@ class Settings:
     layer_epochs: int | None = None
     pretrain_epochs: int | None = None
     epochs: int | None = None
-    epoch_cells: int | None = 50_000
+    epoch_cells: int | None = 100_000
     lambda1: float | None = None
     lambda2: float | None = None
     kappa1: float = 0.01
