@@ -129,3 +129,21 @@ def test_alignment_surrogate_gradient_is_the_full_data_gradient():
     alone = torch.zeros(400, dtype=torch.long)
     sums, counts = mixing.batch_cluster_sums(h, p, alone, 2)
     assert mixing.BatchAlignment(sums, counts, spread).value() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_running_counts_follow_the_codes_within_one_epochs_draw():
+    # 100,000 cells, all of batch 0 in cluster 0 at the last full count; the codes
+    # then move batch 0 into cluster 1, seen through minibatches of 100 cells
+    old = torch.tensor([[50_000.0, 0.0], [25_000.0, 25_000.0]])
+    new_minibatch = torch.tensor([[0.0, 50.0], [25.0, 25.0]])
+    target = torch.full((2, 2), 0.5)
+    follows = mixing.BatchMix(old.clone(), target, horizon=10_000)
+    lags = mixing.BatchMix(old.clone(), target)
+    for _ in range(100):  # one epoch's draw: 10,000 cells
+        follows.update(new_minibatch)
+        lags.update(new_minibatch)
+    moved = lambda mix: float(mix.counts[0, 1] / mix.counts[0].sum())  # noqa: E731
+    assert moved(follows) > 1 - np.exp(-1) - 0.01  # one time constant
+    assert moved(lags) < 0.11  # a tenth of the way with the whole data's horizon
+    for mix in (follows, lags):  # both stay counts over all 100,000 cells
+        assert abs(float(mix.counts.sum()) - 100_000.0) < 1.0

@@ -59,6 +59,22 @@ def surrogate(p: torch.Tensor, batch: torch.Tensor, log_ratio: torch.Tensor) -> 
     return (p * log_ratio[batch]).sum(dim=1).mean()
 
 
+def _running(
+    total: torch.Tensor,
+    part: torch.Tensor,
+    n_cells: float,
+    horizon: float,
+    n_part: float | None = None,
+) -> torch.Tensor:
+    """A running total over ``n_cells`` cells after folding in ``part``, the sum over
+    ``n_part`` new cells (default ``part.sum()``), with a time constant of ``horizon``
+    cells: ``(1 - n/T) * total + (N/T) * part``."""
+    n = float(part.sum()) if n_part is None else n_part
+    if horizon == n_cells:  # N/T = 1: written apart to keep the arithmetic exact
+        return (1.0 - n / n_cells) * total + part
+    return (1.0 - n / horizon) * total + (n_cells / horizon) * part
+
+
 class BatchMix:
     """Running full-data batch x cluster counts and the target mix of each cluster.
 
@@ -68,22 +84,28 @@ class BatchMix:
         ``(n_batches, K)`` soft counts over all cells (exact, from a full pass).
     target
         ``(n_batches, K)`` target batch mix of each cluster (columns sum to 1).
+    horizon
+        Cells one epoch draws (default: all ``N``); see :meth:`update`.
     """
 
-    def __init__(self, counts: torch.Tensor, target: torch.Tensor) -> None:
+    def __init__(
+        self, counts: torch.Tensor, target: torch.Tensor, horizon: float | None = None
+    ) -> None:
         self.counts = counts
         self.target = target
         self.n_cells = float(counts.sum())
+        self.horizon = self.n_cells if horizon is None else min(float(horizon), self.n_cells)
 
     def update(self, counts: torch.Tensor) -> None:
         """Fold in the ``(n_batches, K)`` counts of one minibatch (of all processes).
 
-        The weight ``n / N`` gives the running count a time constant of one epoch:
-        it follows the latent space as it moves, with the variance of a count
-        over about ``N`` cells, not ``n``.
+        The weight ``n / T`` (``T`` the horizon) gives the running count a time
+        constant of one epoch: it follows the latent space as it moves, with the
+        variance of a count over about ``T`` cells, not ``n``. On data larger than
+        an epoch's draw a time constant of ``N`` cells would hold the counts at the
+        start of the epoch while the codes move under them.
         """
-        # (1 - n/N) * running + (n/N) * (counts scaled up to N cells)
-        self.counts = (1.0 - float(counts.sum()) / self.n_cells) * self.counts + counts
+        self.counts = _running(self.counts, counts, self.n_cells, self.horizon)
 
     def log_ratio(self) -> torch.Tensor:
         """``log(u_Bk / t_Bk)`` ``(n_batches, K)``: the per-cell gradient of :meth:`value`."""
@@ -140,16 +162,24 @@ class BatchAlignment:
         Within-cluster sum of squares of all cells, ``sum_j sum_k p_jk ||h_j - m_k||^2``.
     """
 
-    def __init__(self, sums: torch.Tensor, counts: torch.Tensor, spread: float) -> None:
+    def __init__(
+        self,
+        sums: torch.Tensor,
+        counts: torch.Tensor,
+        spread: float,
+        horizon: float | None = None,
+    ) -> None:
         self.sums, self.counts = sums, counts
         self.spread = max(spread, _TINY)
         self.n_cells = float(counts.sum())
+        self.horizon = self.n_cells if horizon is None else min(float(horizon), self.n_cells)
 
     def update(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
-        """Fold in one minibatch's sums and counts (of all processes); time constant one epoch."""
-        keep = 1.0 - float(counts.sum()) / self.n_cells
-        self.sums = keep * self.sums + sums
-        self.counts = keep * self.counts + counts
+        """Fold in one minibatch's sums and counts (of all processes); time constant
+        one epoch (as :meth:`BatchMix.update`)."""
+        n = float(counts.sum())
+        self.sums = _running(self.sums, sums, self.n_cells, self.horizon, n)
+        self.counts = _running(self.counts, counts, self.n_cells, self.horizon, n)
 
     def _weights(self) -> torch.Tensor:
         """``(n_batches, K)`` trust in each batch's centroid in each cluster:

@@ -218,6 +218,10 @@ class Trainer:
         n_total = int(distributed.all_sum(torch.tensor(view.n_cells)).item())
         s = self.settings
         self.n_mix = min(s.n_mixing_clusters or cluster.n_mixing_clusters(n_total), n_total)
+        # the running statistics follow the codes over the cells one epoch draws
+        # (None: all of them)
+        drawn = s.epoch_cells is not None and s.epoch_cells < n_total
+        self.horizon = s.epoch_cells if drawn else None
         self.reestimate(h)
 
     def reestimate(self, h: torch.Tensor) -> int:
@@ -238,7 +242,7 @@ class Trainer:
             mixing.batch_cluster_counts(state["p"], self.batch_codes, self.n_batches)
         )
         overall = type_counts.sum(dim=1, keepdim=True) / type_counts.sum()
-        state["across"] = mixing.BatchMix(type_counts, overall.expand_as(type_counts))
+        state["across"] = mixing.BatchMix(type_counts, overall.expand_as(type_counts), self.horizon)
         if s.kappa_align > 0:
             sums, counts = mixing.batch_cluster_sums(
                 h, state["p"], self.batch_codes, self.n_batches
@@ -249,7 +253,7 @@ class Trainer:
                 distributed.all_sum(h.pow(2).sum())
                 - (counts.sum(dim=0) * centroids.pow(2).sum(dim=1)).sum()
             )
-            state["align"] = mixing.BatchAlignment(sums, counts, float(spread))
+            state["align"] = mixing.BatchAlignment(sums, counts, float(spread), self.horizon)
         if s.kappa_local > 0:
             state["mix"], state["tau_mix"] = cluster.mixing_partition(
                 h, self.n_mix, self.seed, state.get("mix"), s.local_membership
@@ -271,7 +275,7 @@ class Trainer:
                 target = mixing.cluster_batch_mix(type_counts)[:, parent]
             else:
                 target = overall.expand_as(fine_counts)
-            state["local"] = mixing.BatchMix(fine_counts, target)
+            state["local"] = mixing.BatchMix(fine_counts, target, self.horizon)
         return iterations
 
     def mixing_report(self) -> dict[str, float]:
