@@ -70,8 +70,6 @@ def _running(
     ``n_part`` new cells (default ``part.sum()``), with a time constant of ``horizon``
     cells: ``(1 - n/T) * total + (N/T) * part``."""
     n = float(part.sum()) if n_part is None else n_part
-    if horizon == n_cells:  # N/T = 1: written apart to keep the arithmetic exact
-        return (1.0 - n / n_cells) * total + part
     return (1.0 - n / horizon) * total + (n_cells / horizon) * part
 
 
