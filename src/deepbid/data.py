@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
@@ -17,6 +17,7 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
+from . import distributed
 from .errors import InputError, InputWarning
 
 #: Fewest cells a batch may have: per-batch gene selection and the within-batch
@@ -64,6 +65,10 @@ class DataView:
         Whether the input held integer counts.
     median_library
         Median library size (over all genes) that size factors are relative to.
+    positions
+        ``(n_cells,)`` positions of this view's cells among all the view's cells
+        (``n_total``): ``arange(n_cells)`` in one process; under ``torch.distributed``,
+        the process's shard (:func:`deepbid.distributed.shard`).
     """
 
     matrix: sp.csr_matrix
@@ -75,10 +80,17 @@ class DataView:
     cells: np.ndarray
     is_counts: bool
     median_library: float
+    positions: np.ndarray
 
     @property
     def n_cells(self) -> int:
+        """Cells this view holds (this process's shard under ``torch.distributed``)."""
         return self.matrix.shape[0]
+
+    @property
+    def n_total(self) -> int:
+        """Cells of the whole view, over all processes."""
+        return int(self.cells.sum())
 
     @property
     def n_genes(self) -> int:
@@ -123,17 +135,6 @@ class DataView:
         for i, start in enumerate(starts):
             stop = starts[i + 1] if i + 1 < len(starts) else n
             yield order[start:stop]
-
-    def subset(self, rows: np.ndarray) -> DataView:
-        """The view of cells ``rows`` only (same genes, batches and size-factor reference);
-        ``cells`` is left as the whole view's."""
-        return replace(
-            self,
-            matrix=self.matrix[rows],
-            scale=self.scale[rows],
-            size_factors=self.size_factors[rows],
-            batch_codes=self.batch_codes[rows],
-        )
 
     def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Dense ``(logx, counts, size_factors, batch_codes)`` for the rows ``idx``."""
@@ -201,11 +202,22 @@ def _as_csr(matrix: np.ndarray | sp.spmatrix) -> sp.csr_matrix:
     return out
 
 
-def _blocks(source: object, n_obs: int) -> Iterator[tuple[slice, sp.csr_matrix]]:
-    """``(rows, CSR float32)`` for consecutive blocks of :data:`BLOCK_CELLS` rows: a
-    backed matrix is read from disk one block at a time."""
-    for start in range(0, n_obs, BLOCK_CELLS):
-        rows = slice(start, min(start + BLOCK_CELLS, n_obs))
+def _runs(rows: np.ndarray) -> list[slice]:
+    """The sorted ``rows`` as slices of consecutive rows, none longer than
+    :data:`BLOCK_CELLS`."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    runs = []
+    for run in np.split(rows, breaks):
+        for start in range(0, run.size, BLOCK_CELLS):
+            piece = run[start : start + BLOCK_CELLS]
+            runs.append(slice(int(piece[0]), int(piece[-1]) + 1))
+    return runs
+
+
+def _blocks(source: object, runs: list[slice]) -> Iterator[tuple[slice, sp.csr_matrix]]:
+    """``(rows, CSR float32)`` for each run of rows: a backed matrix is read from disk
+    one run at a time."""
+    for rows in runs:
         try:
             part = source[rows]
         except (TypeError, KeyError) as err:
@@ -235,29 +247,29 @@ def _stack(parts: list[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
 
 
 def _scan(
-    source: object, n_obs: int, where: str, keep: np.ndarray
+    source: object, runs: list[slice], where: str, keep: np.ndarray
 ) -> tuple[np.ndarray, bool, sp.csr_matrix]:
-    """One pass over the matrix: check every value, sum each cell's library and keep
-    the rows ``keep`` (``(n_obs,)`` boolean) with all genes.
+    """One pass over the rows ``runs``: check every value, sum each cell's library and
+    keep the rows ``keep`` (``(n_obs,)`` boolean) with all genes.
 
     Returns
     -------
-    ``(library (n_obs,), whether all values are integers, kept rows)``.
+    ``(library (rows read,), whether all values are integers, kept rows)``.
     """
     library, kept, is_counts = [], [], True
-    for rows, part in _blocks(source, n_obs):
+    n_cols = source.shape[1]
+    for rows, part in _blocks(source, runs):
         is_counts &= check_values(part, where, rows)
         library.append(np.asarray(part.sum(axis=1)).ravel())
         kept.append(part[keep[rows]])
-    n_cols = kept[0].shape[1]
-    return np.concatenate(library), is_counts, _stack(kept, n_cols)
+    return np.concatenate([np.zeros(0), *library]), is_counts, _stack(kept, n_cols)
 
 
-def _gather(source: object, n_obs: int, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
-    """The rows ``rows`` (``(n_obs,)`` boolean) and columns ``cols`` of the matrix, read
-    a block at a time so that only the selected genes are ever held whole."""
-    parts = [part[rows[block]][:, cols] for block, part in _blocks(source, n_obs)]
-    return _stack(parts, parts[0].shape[1])
+def _gather(source: object, runs: list[slice], rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
+    """The rows ``rows`` (``(n_obs,)`` boolean) within ``runs`` and the columns ``cols``
+    of the matrix, read a run at a time so that only the selected genes are held whole."""
+    parts = [part[rows[block]][:, cols] for block, part in _blocks(source, runs)]
+    return _stack(parts, cols.size)
 
 
 def _rounded(matrix: sp.csr_matrix) -> sp.csr_matrix:
@@ -371,7 +383,11 @@ def prepare(
 
     The matrix is read :data:`BLOCK_CELLS` rows at a time, twice (values and
     library sizes, then the selected genes), so an AnnData read with
-    ``backed="r"`` is never loaded whole.
+    ``backed="r"`` is never loaded whole. Under ``torch.distributed`` each process
+    reads only its shard (:func:`deepbid.distributed.shard`) and the view holds only
+    those cells; library sizes (one number per cell) are shared, and rank 0 selects
+    the genes from the selection sample (at most :data:`SELECTION_CELLS` cells per
+    batch) that the processes send it.
 
     Parameters
     ----------
@@ -404,7 +420,17 @@ def prepare(
     else:
         keep = _gene_mask(adata.var_names, genes)
         sample = np.zeros(adata.n_obs, dtype=bool)
-    library, is_counts, sampled = _scan(source, adata.n_obs, where, sample)
+    owned = distributed.shard(adata.n_obs)
+    runs = _runs(owned)
+    scanned, error = None, None
+    try:
+        scanned = _scan(source, runs, where, sample)
+    except InputError as err:
+        error = err
+    distributed.raise_together(error)
+    own_library, is_counts, sampled = scanned
+    library = distributed.gather_rows(own_library, owned, adata.n_obs)
+    is_counts = bool(distributed.all_min(int(is_counts)))
     if not is_counts:
         warnings.warn(
             f"{where} holds non-integer values, so it is taken as log-normalised data: the "
@@ -424,36 +450,74 @@ def prepare(
         )
     if not cells.any():
         raise InputError(f"every cell in {where} has zero counts")
-    codes = all_codes[cells]
     categories = [str(c) for c in labels.categories]
-    _check_batches(batch_key, categories, np.bincount(codes, minlength=len(categories)))
+    _check_batches(batch_key, categories, np.bincount(all_codes[cells], minlength=len(categories)))
 
     median_library = float(np.median(library[cells])) if is_counts else 1.0
     if genes is None:
-        used = cells[sample]
-        keep = _select_genes(
-            sampled[used],
-            _scale(library[sample][used]) if is_counts else None,
-            all_codes[sample][used],
+        keep = _selected_on_root(
+            owned[sample[owned]],
+            sampled,
+            library,
+            all_codes,
+            cells,
+            is_counts,
             n_top_genes,
             min_cells,
         )
-        if keep.sum() < 2:
-            raise InputError(
-                f"fewer than 2 genes are detected in {min_cells} cells of any batch; "
-                "deepbid needs more genes or more cells per batch"
-            )
     del sampled
+    mine = owned[cells[owned]]
     return _view(
-        _gather(source, adata.n_obs, cells, np.flatnonzero(keep)),
-        library[cells],
-        codes,
+        _gather(source, runs, cells, np.flatnonzero(keep)),
+        library[mine],
+        all_codes[mine],
         categories,
         list(adata.var_names[keep]),
         cells,
         is_counts,
         median_library,
+        positions=(np.cumsum(cells) - 1)[mine],
     )
+
+
+def _selected_on_root(
+    rows: np.ndarray,
+    sampled: sp.csr_matrix,
+    library: np.ndarray,
+    codes: np.ndarray,
+    cells: np.ndarray,
+    is_counts: bool,
+    n_top_genes: int,
+    min_cells: int,
+) -> np.ndarray:
+    """Genes selected from the selection sample, whose rows ``rows`` (obs indices)
+    this process read as ``sampled``: rank 0 gathers the sample in obs order,
+    selects, and every process gets its answer (or its error)."""
+    parts = distributed.gather_to_root((rows, sampled))
+    result: np.ndarray | InputError | None = None
+    if parts is not None:
+        order = np.concatenate([part[0] for part in parts])
+        matrix = parts[0][1]
+        if len(parts) > 1:
+            matrix = sp.vstack([part[1] for part in parts], format="csr")[np.argsort(order)]
+            order.sort()
+        used = cells[order]
+        result = _select_genes(
+            matrix[used],
+            _scale(library[order][used]) if is_counts else None,
+            codes[order][used],
+            n_top_genes,
+            min_cells,
+        )
+        if result.sum() < 2:
+            result = InputError(
+                f"fewer than 2 genes are detected in {min_cells} cells of any batch; "
+                "deepbid needs more genes or more cells per batch"
+            )
+    result = distributed.broadcast_object(result)
+    if isinstance(result, InputError):
+        raise result
+    return result
 
 
 def _scale(library: np.ndarray) -> np.ndarray:
@@ -469,6 +533,7 @@ def _view(
     cells: np.ndarray,
     is_counts: bool,
     median_library: float,
+    positions: np.ndarray | None = None,
 ) -> DataView:
     ones = np.ones(matrix.shape[0], dtype=np.float32)
     return DataView(
@@ -481,6 +546,7 @@ def _view(
         cells=cells,
         is_counts=is_counts,
         median_library=median_library,
+        positions=np.arange(matrix.shape[0]) if positions is None else positions,
     )
 
 
@@ -544,7 +610,8 @@ def prepare_like(
         )
     source = get_matrix(adata, layer)
     where = f"adata.layers[{layer!r}]" if layer else "adata.X"
-    library, query_counts, _ = _scan(source, adata.n_obs, where, np.zeros(adata.n_obs, bool))
+    runs = _runs(np.arange(adata.n_obs))
+    library, query_counts, _ = _scan(source, runs, where, np.zeros(adata.n_obs, bool))
     if is_counts and not query_counts:
         raise InputError(
             f"the model was trained on raw counts but {where} holds non-integer values"
@@ -555,7 +622,7 @@ def prepare_like(
     cols = adata.var_names.get_indexer(list(genes))
     codes = pd.Categorical(labels[cells], categories=list(batch_categories)).codes.astype(np.int64)
     return _view(
-        _gather(source, adata.n_obs, cells, cols),
+        _gather(source, runs, cells, cols),
         library[cells],
         codes,
         list(batch_categories),

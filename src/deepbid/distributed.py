@@ -1,7 +1,8 @@
 """Data-parallel training over ``torch.distributed`` (launch with ``torchrun``).
 
-Every process reads the same AnnData and selects the same genes; process
-``r`` of ``w`` trains on cells ``r, r + w, r + 2w, ...``. Gradients are averaged
+Process ``r`` of ``w`` reads only its own cells of the AnnData (:func:`shard`:
+runs of consecutive cells dealt round-robin), so no process holds the whole
+matrix; every process selects the same genes. Gradients are averaged
 after every backward pass, and every statistic over all cells (cluster
 centres, membership sums, the temperature's agreement, k-means sums and
 counts) is all-reduced, so all processes hold the same model and centres at
@@ -53,9 +54,28 @@ def close() -> None:
         dist.destroy_process_group()
 
 
-def shard(n: int) -> np.ndarray:
-    """Indices ``(n / world_size,)`` of this process's share of ``n`` cells."""
-    return np.arange(rank(), n, world_size())
+#: Longest run of consecutive cells a process owns. A run is one slice read from
+#: disk, and dealing many runs round-robin gives every process cells from the whole
+#: file, which is often sorted by batch.
+RUN_CELLS = 1_000
+
+
+def shard(n: int, process: int | None = None, world: int | None = None) -> np.ndarray:
+    """Sorted indices (about ``n / world``) of the cells of ``n`` that process
+    ``process`` of ``world`` owns (default: this process of this group; all ``n``
+    without a group).
+
+    The cells are cut into runs of at most :data:`RUN_CELLS` consecutive cells,
+    at least 16 runs per process, and process ``r`` owns runs ``r, r + w, ...``.
+    """
+    process = rank() if process is None else process
+    world = world_size() if world is None else world
+    length = max(1, min(RUN_CELLS, n // (16 * world)))
+    starts = np.arange(0, n, length)[process::world]
+    return np.concatenate(
+        [np.zeros(0, dtype=np.int64)]
+        + [np.arange(s, min(s + length, n), dtype=np.int64) for s in starts]
+    )
 
 
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -101,17 +121,36 @@ def broadcast_module(module: torch.nn.Module) -> None:
             dist.broadcast(tensor, src=0)
 
 
-def gather_rows(local: np.ndarray, n_total: int) -> np.ndarray:
-    """Reassemble per-process rows ``local`` (this process's :func:`shard`) into
-    ``(n_total, ...)`` in the original cell order, on every process."""
+def gather_rows(local: np.ndarray, rows: np.ndarray, n_total: int) -> np.ndarray:
+    """Reassemble ``local`` (``(len(rows), ...)``: the rows ``rows`` of an array of
+    ``n_total`` rows, one part per process) into the whole array, on every process."""
     if not active():
         return local
-    parts: list[np.ndarray] = [None] * world_size()  # type: ignore[list-item]
-    dist.all_gather_object(parts, local)
     out = np.empty((n_total, *local.shape[1:]), dtype=local.dtype)
-    for r, part in enumerate(parts):
-        out[r :: world_size()] = part
+    for part_rows, part in gather_objects((rows, local)):
+        out[part_rows] = part
     return out
+
+
+def raise_together(error: Exception | None) -> None:
+    """Raise, on every process, the first ``error`` any process passes.
+
+    Call it where a process may fail on its own cells (a bad value in its shard):
+    the others would otherwise wait for it in their next collective forever.
+    """
+    errors = [e for e in gather_objects(error) if e is not None]
+    if errors:
+        raise errors[0]
+
+
+def gather_to_root(obj: object) -> list | None:
+    """``[obj of rank 0, obj of rank 1, ...]`` on rank 0, ``None`` elsewhere (``[obj]``
+    alone): for what one process computes and then broadcasts."""
+    if not active():
+        return [obj]
+    parts = [None] * world_size() if rank() == 0 else None
+    dist.gather_object(obj, parts, dst=0)
+    return parts
 
 
 def all_min(value: int) -> int:

@@ -13,6 +13,7 @@ import scanpy as sc
 
 from . import metrics, plotting
 from .api import write_results
+from .data import prepare_like
 from .errors import InputError
 from .model import DeepBID
 from .neighbors import KNNTransformer
@@ -56,12 +57,21 @@ def evaluate(
     model.fit(adata, batch_key, layer=layer)
     write_results(adata, model, denoised=denoised)
     seconds = time.perf_counter() - start  # what deepbid.integrate() takes
-    view = model.train_view
-    pick = scored_sample(view.n_cells, model.seed)
-    cells = np.flatnonzero(view.cells)[pick]
+    n_cells = model.train_view.n_total
+    cells = np.flatnonzero(model.train_view.cells)[scored_sample(n_cells, model.seed)]
     batch = adata.obs[batch_key].astype(str).to_numpy()[cells]
     labels = adata.obs[label_key].astype(str).to_numpy()[cells] if label_key else None
-    before = plotting.log_pca(view.subset(pick).logx, seed=model.seed)
+    # read afresh: under torch.distributed the training view holds only a shard
+    scored = prepare_like(
+        adata[cells],
+        batch_key,
+        model.genes,
+        model.batch_categories,
+        model.is_counts,
+        layer=layer,
+        reference_median=model.median_library,
+    )
+    before = plotting.log_pca(scored.logx, seed=model.seed)
     before_clusters = leiden(before, model.seed)
     after = adata.obsm["X_deepbid"][cells]
     clusters = adata.obs["deepbid_cluster"].astype(str).to_numpy()[cells]
@@ -86,7 +96,7 @@ def evaluate(
         colourings = {"batch": batch, "deepbid cluster": clusters}
         if labels is not None:
             colourings["label"] = labels
-        shown = "" if len(cells) == view.n_cells else f", {len(cells):,} of {view.n_cells:,} cells"
+        shown = "" if len(cells) == n_cells else f", {len(cells):,} of {n_cells:,} cells"
         plotting.umap_panels(
             plotting.umap(before, model.seed),
             colourings,

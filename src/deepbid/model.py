@@ -50,9 +50,10 @@ class DeepBID:
 
     Inside an initialised ``torch.distributed`` process group (e.g. a script
     started by ``torchrun``) :meth:`fit` trains data-parallel: every process
-    passes the same AnnData and trains on its share of the cells, with
-    gradients and all cluster statistics all-reduced (see
-    :mod:`deepbid.distributed`); every process ends with the same model.
+    passes the same AnnData (in memory or backed) and reads and trains on only
+    its share of the cells, with gradients and all cluster statistics
+    all-reduced (see :mod:`deepbid.distributed`); every process ends with the
+    same model and the results of all cells.
 
     Parameters
     ----------
@@ -97,7 +98,10 @@ class DeepBID:
         self.progress = progress
         self.module: Autoencoder | None = None
         self.train_view: DataView | None = None
+        # results for all training cells, kept where the view holds only a shard
         self._train_p: np.ndarray | None = None
+        self._train_latent: np.ndarray | None = None
+        self._train_codes: np.ndarray | None = None
 
     # -- training ------------------------------------------------------------------
 
@@ -116,11 +120,11 @@ class DeepBID:
         view = prepare(
             adata, batch_key, layer=layer, genes=genes, n_top_genes=self.options.n_top_genes
         )
-        if self.n_clusters is not None and self.n_clusters > view.n_cells:
+        if self.n_clusters is not None and self.n_clusters > view.n_total:
             raise InputError(
-                f"n_clusters={self.n_clusters} is more than the {view.n_cells} usable cells"
+                f"n_clusters={self.n_clusters} is more than the {view.n_total} usable cells"
             )
-        self.settings = self.options.for_cells(view.n_cells)
+        self.settings = self.options.for_cells(view.n_total)
         torch.manual_seed(self.seed)
         self.module = Autoencoder(
             view.n_genes,
@@ -130,28 +134,26 @@ class DeepBID:
             self.settings.conditional_decoder,
         ).to(self.device)
         distributed.broadcast_module(self.module)
-        # under torch.distributed each process trains on its shard of the cells
-        local = view.subset(distributed.shard(view.n_cells)) if distributed.active() else view
         trainer = Trainer(self.module, self.settings, self.device, self.seed)
         s = self.settings
         total = 2 * s.layer_epochs + s.pretrain_epochs + s.epochs
         quiet = not self.progress or distributed.rank() != 0
         with tqdm(total=total, desc="deepbid", unit="epoch", disable=quiet) as bar:
-            trainer.pretrain(local, bar)
-            h = embed(self.module, local, self.device)
+            trainer.pretrain(view, bar)
+            h = embed(self.module, view, self.device)
             labels, first = k_estimate.initial_partition(
-                h.cpu().numpy(), local.batch_codes, self.n_clusters, self.seed
+                h.cpu().numpy(), view.batch_codes, self.n_clusters, self.seed
             )
             self.k_estimate = {"pretrained": first}
 
             def repartition(codes: torch.Tensor) -> np.ndarray:
                 labels, self.k_estimate["halfway"] = k_estimate.initial_partition(
-                    codes.cpu().numpy(), local.batch_codes, None, self.seed
+                    codes.cpu().numpy(), view.batch_codes, None, self.seed
                 )
                 return labels
 
             centres, p = trainer.cluster(
-                local, h, labels, bar, repartition if self.n_clusters is None else None
+                view, h, labels, bar, repartition if self.n_clusters is None else None
             )
         self.centres, self.temperature = centres.cpu(), trainer.temperature
         self.log_weights = None if trainer.log_weights is None else trainer.log_weights.cpu()
@@ -161,7 +163,15 @@ class DeepBID:
         self.median_library = view.median_library
         self.batch_key, self.layer = batch_key, layer
         self.train_view = view
-        self._train_p = distributed.gather_rows(p.cpu().numpy(), view.n_cells)
+        n, rows = view.n_total, view.positions
+        self._train_p = distributed.gather_rows(p.cpu().numpy(), rows, n)
+        self._train_latent = self._train_codes = None
+        if distributed.active():
+            # each process holds only its shard of the cells: keep all cells' results,
+            # so that rank 0 writes them without the other shards' expression
+            latent = embed(self.module, view, self.device).cpu().numpy()
+            self._train_latent = distributed.gather_rows(latent, rows, n)
+            self._train_codes = distributed.gather_rows(view.batch_codes, rows, n)
         return self
 
     def map(
@@ -223,7 +233,8 @@ class DeepBID:
             layer=layer,
             reference_median=self.median_library,
         )
-        mapped.train_view, mapped._train_p = view, None
+        mapped.train_view = view
+        mapped._train_p = mapped._train_latent = mapped._train_codes = None
         mapped.history = dict(self.history)
         if new:
             mapped.module.add_batches(len(new))
@@ -277,10 +288,15 @@ class DeepBID:
         out[view.cells] = values
         return out
 
+    def _latent(self, view: DataView) -> np.ndarray:
+        if view is self.train_view and self._train_latent is not None:
+            return self._train_latent
+        return embed(self.module, view, self.device).cpu().numpy()
+
     def _p(self, view: DataView) -> np.ndarray:
         if view is self.train_view and self._train_p is not None:
             return self._train_p
-        h = embed(self.module, view, self.device).cpu()
+        h = torch.from_numpy(self._latent(view))
         return cluster.memberships(h, self.centres, self.temperature, self.log_weights).numpy()
 
     def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
@@ -288,7 +304,7 @@ class DeepBID:
         ``adata``'s cells (the model's genes, its batches); NaN rows for cells with
         zero counts."""
         view = self._view(adata)
-        return self._rows(view, embed(self.module, view, self.device).cpu().numpy())
+        return self._rows(view, self._latent(view))
 
     def membership(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Soft cluster assignments ``P`` ``(n_obs, K)``, eq. (14); NaN rows for cells
@@ -334,7 +350,10 @@ class DeepBID:
             raise InputError(f"library_size must be positive, got {library_size!r}")
         size_factor = 1.0 if library_size is None else library_size / self.median_library
         batches = None if transform_batch is None else self._batch_codes(transform_batch)
-        means = denoise(self.module, view, self.device, batches, size_factor)
+        own = view.batch_codes
+        if view is self.train_view and self._train_codes is not None:
+            own = self._train_codes
+        means = denoise(self.module, self._latent(view), own, self.device, batches, size_factor)
         return self._rows(view, means)
 
     def _batch_codes(self, names: str | Sequence[str]) -> list[int]:

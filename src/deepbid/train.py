@@ -351,15 +351,18 @@ def embed(module: Autoencoder, view: DataView, device: torch.device) -> torch.Te
 @torch.no_grad()
 def denoise(
     module: Autoencoder,
-    view: DataView,
+    latent: np.ndarray,
+    own: np.ndarray,
     device: torch.device,
     batches: Sequence[int] | None = None,
     size_factor: float = 1.0,
 ) -> np.ndarray:
-    """NB means ``(n_cells, n_genes)`` of every cell of ``view``.
+    """NB means ``(n_cells, n_genes)`` decoded from the codes ``latent`` ``(n_cells, d)``.
 
     Parameters
     ----------
+    own
+        ``(n_cells,)`` batch codes of the cells.
     batches
         Batch codes to decode every cell with, averaging the means over them;
         ``None`` decodes each cell with its own batch.
@@ -367,12 +370,14 @@ def denoise(
         Library size of the output over the training data's median library size.
     """
     module.eval()
-    out = np.empty((view.n_cells, view.n_genes), dtype=np.float32)
-    for idx in view.minibatches(CHUNK):
-        h, own = _encoded(module, view, idx, device)
-        scale = torch.full((len(idx),), size_factor, device=device)
-        decode_as = [own] if batches is None else [torch.full_like(own, b) for b in batches]
+    out = np.empty((latent.shape[0], module.mu.out_features), dtype=np.float32)
+    for start in range(0, latent.shape[0], CHUNK):
+        rows = slice(start, start + CHUNK)
+        h = torch.from_numpy(latent[rows]).to(device)
+        mine = torch.from_numpy(own[rows]).to(device)
+        decode_as = [mine] if batches is None else [torch.full_like(mine, b) for b in batches]
+        scale = torch.full((h.shape[0],), size_factor, device=device)
         mean = sum(module.nb_params(module.decode_hidden(h, b), scale)[0] for b in decode_as)
-        out[idx] = (mean / len(decode_as)).cpu().numpy()
+        out[rows] = (mean / len(decode_as)).cpu().numpy()
     module.train()
     return out
