@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
+import torch
 
 from . import distributed
 from .errors import InputError, InputWarning
@@ -429,6 +430,7 @@ def prepare(
         error = err
     distributed.raise_together(error)
     own_library, is_counts, sampled = scanned
+    del scanned  # the sample is dropped once genes are selected
     library = distributed.gather_rows(own_library, owned, adata.n_obs)
     is_counts = bool(distributed.all_min(int(is_counts)))
     if not is_counts:
@@ -455,7 +457,7 @@ def prepare(
 
     median_library = float(np.median(library[cells])) if is_counts else 1.0
     if genes is None:
-        keep = _selected_on_root(
+        keep = _selected(
             owned[sample[owned]],
             sampled,
             library,
@@ -465,6 +467,11 @@ def prepare(
             n_top_genes,
             min_cells,
         )
+        if keep.sum() < 2:
+            raise InputError(
+                f"fewer than 2 genes are detected in {min_cells} cells of any batch; "
+                "deepbid needs more genes or more cells per batch"
+            )
     del sampled
     mine = owned[cells[owned]]
     return _view(
@@ -480,7 +487,7 @@ def prepare(
     )
 
 
-def _selected_on_root(
+def _selected(
     rows: np.ndarray,
     sampled: sp.csr_matrix,
     library: np.ndarray,
@@ -490,34 +497,38 @@ def _selected_on_root(
     n_top_genes: int,
     min_cells: int,
 ) -> np.ndarray:
-    """Genes selected from the selection sample, whose rows ``rows`` (obs indices)
-    this process read as ``sampled``: rank 0 gathers the sample in obs order,
-    selects, and every process gets its answer (or its error)."""
-    parts = distributed.gather_to_root((rows, sampled))
-    result: np.ndarray | InputError | None = None
-    if parts is not None:
-        order = np.concatenate([part[0] for part in parts])
-        matrix = parts[0][1]
-        if len(parts) > 1:
-            matrix = sp.vstack([part[1] for part in parts], format="csr")[np.argsort(order)]
-            order.sort()
-        used = cells[order]
-        result = _select_genes(
-            matrix[used],
-            _scale(library[order][used]) if is_counts else None,
-            codes[order][used],
-            n_top_genes,
-            min_cells,
-        )
-        if result.sum() < 2:
-            result = InputError(
-                f"fewer than 2 genes are detected in {min_cells} cells of any batch; "
-                "deepbid needs more genes or more cells per batch"
-            )
-    result = distributed.broadcast_object(result)
-    if isinstance(result, InputError):
-        raise result
-    return result
+    """``(n_genes,)`` boolean: the genes :func:`_select_genes` selects from the selection
+    sample, of which this process read the rows ``rows`` (obs indices) as ``sampled``.
+
+    Under ``torch.distributed`` batch ``b`` is selected on process ``b % w``: the
+    processes send it their rows of that batch (per-gene statistics do not depend on
+    the order they arrive in), so each holds about ``1 / w`` of the sample; the union
+    is then shared.
+    """
+    world = distributed.world_size()
+    owner = codes[rows] % world
+    mine: list | None = None
+    for process in range(world):
+        send = owner == process
+        part = (rows, sampled) if send.all() else (rows[send], sampled[send])
+        received = distributed.gather_to(process, part)
+        if received is not None:
+            mine = received
+    del sampled, part
+    order = np.concatenate([r for r, _ in mine])
+    matrices = [m for _, m in mine]
+    del mine
+    matrix = matrices[0] if len(matrices) == 1 else _stack(matrices, matrices[0].shape[1])
+    used = cells[order]
+    selected = _select_genes(
+        matrix if used.all() else matrix[used],
+        _scale(library[order][used]) if is_counts else None,
+        codes[order][used],
+        n_top_genes,
+        min_cells,
+    )
+    votes = distributed.all_sum(torch.from_numpy(selected.astype(np.int64)))
+    return votes.numpy() > 0
 
 
 def _scale(library: np.ndarray) -> np.ndarray:

@@ -143,13 +143,13 @@ def raise_together(error: Exception | None) -> None:
         raise errors[0]
 
 
-def gather_to_root(obj: object) -> list | None:
-    """``[obj of rank 0, obj of rank 1, ...]`` on rank 0, ``None`` elsewhere (``[obj]``
-    alone): for what one process computes and then broadcasts."""
+def gather_to(destination: int, obj: object) -> list | None:
+    """``[obj of rank 0, obj of rank 1, ...]`` on rank ``destination``, ``None`` on the
+    others (``[obj]`` alone)."""
     if not active():
         return [obj]
-    parts = [None] * world_size() if rank() == 0 else None
-    dist.gather_object(obj, parts, dst=0)
+    parts = [None] * world_size() if rank() == destination else None
+    dist.gather_object(obj, parts, dst=destination)
     return parts
 
 
