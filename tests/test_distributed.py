@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from deepbid import DeepBID, distributed, metrics
 from deepbid.data import prepare
 from deepbid.datasets import mixology_3cl
+from deepbid.errors import InputError
 
 
 def _worker(rank: int, world: int, init_file: str, data: str, out_dir: str) -> None:
@@ -141,3 +142,31 @@ def test_cli_under_torchrun_writes_one_result(tmp_path):
     assert out.obsm["X_deepbid"].shape == (out.n_obs, 300)
     table = pd.read_csv(tmp_path / "out.metrics.csv", index_col=0)
     assert table.loc["deepbid", "ari"] > 0.85
+
+
+def _bad_value_worker(rank: int, world: int, init_file: str, data: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        DeepBID(seed=0, progress=False, device="cpu").fit(ad.read_h5ad(data, backed="r"), "batch")
+        message = "no error"
+    except InputError as err:
+        message = str(err)
+    finally:
+        distributed.close()
+    with open(os.path.join(out_dir, f"error{rank}.txt"), "w") as f:
+        f.write(message)
+
+
+def test_a_bad_value_in_one_shard_stops_every_process(tmp_path):
+    adata = mixology_3cl()
+    last = adata.n_obs - 1
+    assert last in distributed.shard(adata.n_obs, 1, 2)  # only process 1 reads it
+    x = adata.X.toarray()
+    x[last, 0] = np.nan
+    adata.X = x
+    adata.write_h5ad(tmp_path / "bad.h5ad")
+    args = (2, str(tmp_path / "init"), str(tmp_path / "bad.h5ad"), str(tmp_path))
+    mp.spawn(_bad_value_worker, args=args, nprocs=2, join=True)
+    for rank in range(2):
+        message = (tmp_path / f"error{rank}.txt").read_text()
+        assert "NaN" in message and str(last) in message, message
