@@ -137,7 +137,7 @@ def test_cli_under_torchrun_writes_one_result(tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0, run.stderr[-8000:]
     out = ad.read_h5ad(target)
     assert out.obsm["X_deepbid"].shape == (out.n_obs, 300)
     table = pd.read_csv(tmp_path / "out.metrics.csv", index_col=0)

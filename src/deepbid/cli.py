@@ -93,7 +93,11 @@ def _integrate(args: argparse.Namespace) -> None:
         "metrics": Path(args.metrics) if args.metrics else target.with_suffix(".metrics.csv"),
     }
     if distributed.rank() != 0:
-        _run(read_h5ad(source, backed="r"), args, **options)
+        adata = read_h5ad(source, backed="r")
+        try:
+            _run(adata, args, **options)
+        finally:
+            adata.file.close()
         return
 
     def integrate_copy(path: str) -> None:
@@ -240,14 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, category, *_, **__: (
         f"deepbid: {category.__name__}: {message}\n"
     )
+    finished = False
     try:
         distributed.init_from_environment(resolve_device(args.device))
         args.func(args)
+        finished = True
     except (InputError, TrainingError) as err:
         print(f"deepbid: error: {err}", file=sys.stderr)
         return 2
     finally:
-        distributed.close()
+        # after training, the other processes wait here while rank 0 writes the results
+        distributed.close(wait=finished)
     return 0
 
 

@@ -48,9 +48,18 @@ def init_from_environment(device: torch.device) -> bool:
     return True
 
 
-def close() -> None:
-    """Leave the process group, if one was joined."""
+def close(wait: bool = False) -> None:
+    """Leave the process group, if one was joined; with ``wait``, once every process
+    has come here.
+
+    Waiting keeps a process that is done from tearing down its connections while
+    another still works (rank 0 writing results): on gloo that teardown race can
+    abort a process, and ``torchrun`` then stops the others. Only wait where every
+    process is sure to arrive, not on an error path.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait and active():
+            dist.barrier()
         dist.destroy_process_group()
 
 
