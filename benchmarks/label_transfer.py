@@ -22,8 +22,8 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-from compare import provenance, run_harmony
-from mapping import markdown_table
+from compare import run_harmony
+from mapping import markdown_table, save
 from sklearn.neighbors import KNeighborsClassifier
 
 import deepbid
@@ -84,12 +84,7 @@ def main() -> None:
         for seed in args.seeds:
             rows.append({"file": name, "seed": seed, **draw(adata, harmony, seed)})
             print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
-    results = pd.DataFrame(rows).assign(**provenance())
-    args.out.mkdir(parents=True, exist_ok=True)
-    results.to_csv(args.out / "label_transfer.csv", index=False)
-    text = markdown(results)
-    (args.out / "label_transfer.md").write_text(text)
-    print(text)
+    save(rows, args.out, "label_transfer", markdown)
 
 
 def markdown(results: pd.DataFrame) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
@@ -85,12 +86,7 @@ def main() -> None:
         for donor in donors:
             rows.append({"seed": seed, **donor_scores(adata, donor, joint, seed, settings)})
             print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
-    results = pd.DataFrame(rows).assign(**provenance())
-    args.out.mkdir(parents=True, exist_ok=True)
-    results.to_csv(args.out / "mapping.csv", index=False)
-    text = markdown(results)
-    (args.out / "mapping.md").write_text(text)
-    print(text)
+    save(rows, args.out, "mapping", markdown)
 
 
 def markdown(results: pd.DataFrame) -> str:
@@ -110,6 +106,17 @@ def markdown(results: pd.DataFrame) -> str:
         f"{results['seed'].nunique()} seed(s), mean over seeds; map_over_fit_time: median "
         "of mapping seconds / reference fit seconds.\n\n" + markdown_table(table) + "\n"
     )
+
+
+def save(rows: list[dict], out: Path, name: str, markdown: Callable[[pd.DataFrame], str]) -> None:
+    """Write ``rows``, stamped with the commit and versions, to ``out/name.csv`` and
+    their ``markdown`` summary to ``out/name.md``; print the summary."""
+    results = pd.DataFrame(rows).assign(**provenance())
+    out.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out / f"{name}.csv", index=False)
+    text = markdown(results)
+    (out / f"{name}.md").write_text(text)
+    print(text)
 
 
 def markdown_table(table: pd.DataFrame) -> str:

@@ -5,7 +5,7 @@
 """
 
 from . import datasets, metrics
-from .api import OUTPUT_KEYS, integrate
+from .api import OUTPUT_KEYS, integrate, write_results
 from .errors import InputError, InputWarning, TrainingError
 from .markers import markers
 from .model import DeepBID
@@ -22,5 +22,6 @@ __all__ = [
     "markers",
     "metrics",
     "transfer_labels",
+    "write_results",
 ]
 __version__ = "0.1.0"

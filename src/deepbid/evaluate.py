@@ -43,7 +43,7 @@ def evaluate(
     denoised: bool | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Fit ``model`` on ``adata`` and write its results there (in place, see
-    :func:`deepbid.api.write_results`); score it against the unintegrated PCA and draw
+    :func:`deepbid.write_results`); score it against the unintegrated PCA and draw
     figures, both on :func:`scored_sample`'s cells.
 
     Returns

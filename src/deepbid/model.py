@@ -204,7 +204,7 @@ class DeepBID:
         -------
         A new model, this one's reference plus the query's batches, whose training
         cells are the query's: ``latent()``, ``clusters()``, ``membership()`` and
-        ``denoised()`` give the query's results, and :func:`deepbid.api.write_results`
+        ``denoised()`` give the query's results, and :func:`deepbid.write_results`
         writes them into ``query``. This model is not changed.
         """
         self._check_fitted()
