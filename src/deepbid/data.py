@@ -386,9 +386,9 @@ def prepare(
     library sizes, then the selected genes), so an AnnData read with
     ``backed="r"`` is never loaded whole. Under ``torch.distributed`` each process
     reads only its shard (:func:`deepbid.distributed.shard`) and the view holds only
-    those cells; library sizes (one number per cell) are shared, and rank 0 selects
-    the genes from the selection sample (at most :data:`SELECTION_CELLS` cells per
-    batch) that the processes send it.
+    those cells; library sizes (one number per cell) are shared, and each batch's
+    genes are selected on one process from the selection-sample rows (at most
+    :data:`SELECTION_CELLS` cells per batch) the others send it (:func:`_selected`).
 
     Parameters
     ----------

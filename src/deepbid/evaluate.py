@@ -13,7 +13,6 @@ import scanpy as sc
 
 from . import metrics, plotting
 from .api import write_results
-from .data import prepare_like
 from .errors import InputError
 from .model import DeepBID
 from .neighbors import KNNTransformer
@@ -62,15 +61,7 @@ def evaluate(
     batch = adata.obs[batch_key].astype(str).to_numpy()[cells]
     labels = adata.obs[label_key].astype(str).to_numpy()[cells] if label_key else None
     # read afresh: under torch.distributed the training view holds only a shard
-    scored = prepare_like(
-        adata[cells],
-        batch_key,
-        model.genes,
-        model.batch_categories,
-        model.is_counts,
-        layer=layer,
-        reference_median=model.median_library,
-    )
+    scored = model.data_view(adata[cells])
     before = plotting.log_pca(scored.logx, seed=model.seed)
     before_clusters = leiden(before, model.seed)
     after = adata.obsm["X_deepbid"][cells]

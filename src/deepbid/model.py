@@ -263,7 +263,10 @@ class DeepBID:
         if self.module is None:
             raise RuntimeError("the model is not trained: call fit() or DeepBID.load() first")
 
-    def _view(self, adata: ad.AnnData | None) -> DataView:
+    def data_view(self, adata: ad.AnnData | None = None) -> DataView:
+        """The :class:`~deepbid.data.DataView` the model works on: the training view
+        for ``None``, else ``adata``'s cells on the model's genes and batches (read from
+        its ``batch_key`` and ``layer``)."""
         self._check_fitted()
         if adata is None:
             if self.train_view is None:
@@ -303,19 +306,19 @@ class DeepBID:
         """Integrated embedding ``(n_obs, latent_dim)`` of the training cells, or of
         ``adata``'s cells (the model's genes, its batches); NaN rows for cells with
         zero counts."""
-        view = self._view(adata)
+        view = self.data_view(adata)
         return self._rows(view, self._latent(view))
 
     def membership(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Soft cluster assignments ``P`` ``(n_obs, K)``, eq. (14); NaN rows for cells
         with zero counts."""
-        view = self._view(adata)
+        view = self.data_view(adata)
         return self._rows(view, self._p(view))
 
     def clusters(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Hard cluster labels ``(n_obs,)``, the argmax of :meth:`membership`; -1 for
         cells with zero counts."""
-        view = self._view(adata)
+        view = self.data_view(adata)
         return self._rows(view, self._p(view).argmax(axis=1), fill=-1)
 
     def denoised(
@@ -345,7 +348,7 @@ class DeepBID:
         -------
         Float32 array, NaN rows for cells with zero counts.
         """
-        view = self._view(adata)
+        view = self.data_view(adata)
         if library_size is not None and not library_size > 0:
             raise InputError(f"library_size must be positive, got {library_size!r}")
         size_factor = 1.0 if library_size is None else library_size / self.median_library
