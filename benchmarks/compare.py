@@ -440,7 +440,8 @@ def provenance() -> dict[str, object]:
         done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    head = git("rev-parse", "HEAD") or "unknown"
+    # A copy of the tree without .git (e.g. on a GPU machine) names its commit in the environment.
+    head = git("rev-parse", "HEAD") or os.environ.get("DEEPBID_COMMIT", "unknown")
     dirty = git("status", "--porcelain", "--", "src")
     versions = []
     for name in PACKAGES:
