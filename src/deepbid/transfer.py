@@ -84,7 +84,7 @@ def transfer_labels(
     targets = ~given & integrated
     scores = np.column_stack([p[targets] @ shares, p[targets][:, ~held].sum(axis=1)])
     choices = [*labels.categories, UNASSIGNED]
-    out = column.astype(object).where(given, UNASSIGNED).to_numpy()
+    out = column.astype(object).where(given, UNASSIGNED).to_numpy(copy=True)
     out[targets] = np.asarray(choices, dtype=object)[scores.argmax(axis=1)]
     confidence = np.full(adata.n_obs, np.nan)
     confidence[targets] = scores.max(axis=1)
