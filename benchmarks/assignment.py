@@ -1,0 +1,117 @@
+"""How deepbid's final clusters compare with other ways of assigning the same cells.
+
+deepbid's clusters are the argmax of its memberships ``P``: eq. 14 with the
+temperature and the cluster-proportion weights of the last re-estimation. This script
+fits deepbid once per file and seed (the files and scenarios of ``quality.py``, K
+estimated) and scores, on the same embedding ``obsm["X_deepbid"]`` and with the same
+centres, other rules a clustering step could end with:
+
+- ``nearest centre``: each cell to its nearest centre (eq. 14 without weights, as the
+  temperature goes to 0);
+- ``k-means from centres``: Lloyd's algorithm started at deepbid's centres (scikit-learn);
+- ``mixture, tied``: EM of an isotropic Gaussian mixture with one shared variance,
+  started from ``P`` (squared distances, proportions re-estimated);
+- ``mixture, per cluster``: the same with a variance per cluster;
+- ``k-means, true K``: as in ``quality.py``, for reference.
+
+    python benchmarks/assignment.py              # seed 0, every file and scenario
+    python benchmarks/assignment.py --seeds 0 1 2
+
+Writes results/assignment.csv and results/assignment.md (with the commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from mapping import markdown_table
+from quality import datasets, provenance
+from scipy.spatial.distance import cdist
+from scipy.special import softmax
+from sklearn.cluster import KMeans
+
+from deepbid import DeepBID, metrics
+
+HERE = Path(__file__).resolve().parent
+#: EM iterations of the mixture rules (they settle in well under this from ``P``).
+EM_ITERATIONS = 50
+
+
+def mixture(h: np.ndarray, p: np.ndarray, per_cluster: bool) -> np.ndarray:
+    """Hard labels ``(n,)`` of an isotropic Gaussian mixture on ``h`` ``(n, d)``, EM
+    started from the memberships ``p`` ``(n, K)``."""
+    d = h.shape[1]
+    for _ in range(EM_ITERATIONS):
+        mass = p.sum(axis=0) + 1e-12
+        centres = (p.T @ h) / mass[:, None]
+        d2 = cdist(h, centres, "sqeuclidean")
+        if per_cluster:
+            var = (p * d2).sum(axis=0) / (mass * d)
+        else:
+            var = np.full(len(mass), (p * d2).sum() / (mass.sum() * d))
+        p = softmax(np.log(mass / mass.sum()) - d / 2 * np.log(var) - d2 / (2 * var), axis=1)
+    return p.argmax(axis=1)
+
+
+def run(task: tuple[str, int]) -> dict[str, object]:
+    """Fit one file at one seed and score every assignment rule on its cells."""
+    name, seed = task
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    adata = datasets([name])[name]()
+    model = DeepBID(seed=seed, progress=False).fit(adata, "batch")
+    labels = adata.obs["cell_type"].astype(str).to_numpy()[model.train_view.cells]
+    h, p = model.latent().astype(np.float64), model.membership()
+    kept = np.isfinite(h).all(axis=1)
+    h, p, labels = h[kept], p[kept], labels[kept]
+    centres = model.centres.numpy().astype(np.float64)
+    lloyd = KMeans(len(centres), init=centres, n_init=1).fit_predict(h)
+    true_k = KMeans(np.unique(labels).size, n_init=10, random_state=seed).fit_predict(h)
+    rules = {
+        "deepbid (argmax P)": p.argmax(axis=1),
+        "nearest centre": cdist(h, centres).argmin(axis=1),
+        "k-means from centres": lloyd,
+        "mixture, tied": mixture(h, p, per_cluster=False),
+        "mixture, per cluster": mixture(h, p, per_cluster=True),
+        "k-means, true K": true_k,
+    }
+    row = {"dataset": name, "seed": seed, "K": len(centres)}
+    return row | {rule: metrics.ari(labels, assigned) for rule, assigned in rules.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--only", nargs="*", default=None, help="files or scenarios to run")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    tasks = [(name, seed) for name in datasets(args.only) for seed in args.seeds]
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        rows = pool.map(run, tasks, chunksize=1)
+    table = pd.DataFrame(rows)
+    stamp = provenance()
+    for key, value in stamp.items():
+        table[key] = value
+    out = Path(args.out)
+    table.to_csv(out / "assignment.csv", index=False)
+    mean = table.drop(columns=["seed", *stamp]).groupby("dataset", sort=False).mean()
+    mean.loc["mean"] = mean.mean()
+    header = (
+        f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores; seeds "
+        f"{args.seeds}, mean over seeds. ARI against the cell types of each rule on one "
+        "fitted model's embedding (K: deepbid's estimate).\n\n"
+    )
+    text = header + markdown_table(mean) + "\n"
+    (out / "assignment.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
