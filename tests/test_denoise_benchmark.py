@@ -64,7 +64,9 @@ def test_csv_has_every_column_and_finite_scores(run):
         for column in FILLED.get(row["output"], decodings):
             assert np.isfinite(row[column]), (row["method"], row["output"], column)
     decoded = table[table["output"] != "held-out entries"]
-    assert decoded[["truth_r_with_batch", "truth_r_batch_free"]].stack().between(-1, 1).all()
+    # the reference row has no correlations (checked finite above where required)
+    correlations = decoded[["truth_r_with_batch", "truth_r_batch_free"]].stack().dropna()
+    assert correlations.between(-1, 1).all()
     assert (decoded["batch_effect_left"] >= 0).all()
     counts = table[table["method"] == "log-normalised counts"].iloc[0]
     assert counts["batch_effect_left"] == 1.0 and counts["batch_effect_abs"] > 0
