@@ -78,7 +78,8 @@ def integrate(
     genes
         Train on exactly these genes instead of the per-batch HVG union.
     seed
-        Random seed; the same seed gives the same result on the same machine.
+        Random seed; the same seed gives the same result on the same machine on the CPU
+        (on CUDA it need not, see :class:`~deepbid.DeepBID`).
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     copy
