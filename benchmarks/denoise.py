@@ -240,6 +240,24 @@ def hide_entries(
     return masked, rows, cols, hidden
 
 
+def on_model_genes(
+    masked: ad.AnnData, model: DeepBID, rows: np.ndarray, cols: np.ndarray, hidden: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The hidden entries on ``model``'s genes: the genes' columns in ``masked``, and the
+    entries' rows, columns in the model's gene order, and counts."""
+    genes = np.flatnonzero(masked.var_names.isin(model.genes))
+    assert list(masked.var_names[genes]) == list(model.genes)
+    column = np.full(masked.n_vars, -1)
+    column[genes] = np.arange(genes.size)
+    on = column[cols] >= 0
+    return genes, rows[on], column[cols[on]], hidden[on]
+
+
+def deepbid_heldout(model: DeepBID, library: np.ndarray, r: np.ndarray, c: np.ndarray):
+    """deepbid's own-batch means at entries ``(r, c)``, at each cell's ``library``."""
+    return model.denoised(transform_batch=None)[r, c] * library[r] / model.median_library
+
+
 def heldout_scores(predicted: np.ndarray, hidden: np.ndarray) -> dict[str, float]:
     """(c): Pearson r of log1p(predicted) with log1p(hidden), and the mean absolute error
     (over the entries with a prediction: NaN for cells a model left out)."""
@@ -320,12 +338,7 @@ def benchmark_seed(seed: int, n_cells: int, methods: list[str], quick: bool) -> 
     # (c) on the masked data
     masked, hidden_rows, hidden_cols, hidden = hide_entries(adata, seed)
     model, seconds = fit_deepbid(masked, seed, quick)
-    genes = np.flatnonzero(masked.var_names.isin(model.genes))
-    assert list(masked.var_names[genes]) == list(model.genes)
-    column = np.full(masked.n_vars, -1)
-    column[genes] = np.arange(genes.size)
-    on_genes = column[hidden_cols] >= 0
-    r, c, hidden = hidden_rows[on_genes], column[hidden_cols[on_genes]], hidden[on_genes]
+    genes, r, c, hidden = on_model_genes(masked, model, hidden_rows, hidden_cols, hidden)
     library = np.asarray(masked.X.sum(axis=1)).ravel()
     shape = {"n_cells": masked.n_obs, "n_genes": genes.size, "n_heldout": int(hidden.size)}
 
@@ -333,8 +346,7 @@ def benchmark_seed(seed: int, n_cells: int, methods: list[str], quick: bool) -> 
     row(
         "gene average", "held-out entries", **heldout_scores(share[c] * library[r], hidden), **shape
     )
-    own = model.denoised(transform_batch=None)
-    predicted = own[r, c] * library[r] / model.median_library
+    predicted = deepbid_heldout(model, library, r, c)
     row(
         "deepbid", "held-out entries", **heldout_scores(predicted, hidden), seconds=seconds, **shape
     )

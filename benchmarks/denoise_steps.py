@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from denoise import DATA, heldout_scores, hide_entries
+from denoise import DATA, deepbid_heldout, heldout_scores, hide_entries, on_model_genes
 from mapping import markdown_table
 from quality import provenance
 
@@ -43,13 +43,9 @@ def run(n_cells: int, seed: int) -> list[dict]:
     out = []
     for name, epochs in LENGTHS.items():
         model = DeepBID(seed=seed, progress=False, **(epochs or {})).fit(masked, "batch")
-        column = np.full(masked.n_vars, -1)
-        column[np.flatnonzero(masked.var_names.isin(model.genes))] = np.arange(len(model.genes))
-        on = column[cols] >= 0
-        r, c = rows[on], column[cols[on]]
-        predicted = model.denoised(transform_batch=None)[r, c] * library[r] / model.median_library
+        _, r, c, counts = on_model_genes(masked, model, rows, cols, hidden)
         steps = int(sum(np.sum(terms["steps"]) for terms in model.history.values()))
-        scores = heldout_scores(predicted, hidden[on])
+        scores = heldout_scores(deepbid_heldout(model, library, r, c), counts)
         out.append({"seed": seed, "training": name, "steps": steps, **scores})
         print(out[-1], flush=True)
     return out
