@@ -226,3 +226,37 @@ mapped.save(sys.argv[5])
     assert mapped.batch_categories[-1] == "new-protocol"
     assert mapped.latent(query).shape == (60, FAST["latent_dim"])
     assert "map" in mapped.history
+
+
+def test_decoder_phase_predicts_hidden_counts_and_leaves_the_embedding():
+    """Counts hidden from training (set to zero) are predicted from the other genes
+    after the decoder phase; without it the decoder has learned the zeros it was
+    shown. The phase moves the decoder only: embedding and clusters stay the same."""
+    adata = simulate(n_cells=1500, n_genes=2000, n_batches=3, n_types=6, seed=0)
+    counts = sp.csr_matrix(adata.X, dtype=np.float32, copy=True)
+    counts.sort_indices()
+    rng = np.random.default_rng(0)
+    picked = rng.choice(counts.nnz, counts.nnz // 10, replace=False)
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))[picked]
+    cols, hidden = counts.indices[picked].copy(), counts.data[picked].copy()
+    counts.data[picked] = 0
+    counts.eliminate_zeros()
+    masked = ad.AnnData(counts, obs=adata.obs[["batch"]].copy(), var=adata.var.copy())
+    library = np.asarray(counts.sum(axis=1)).ravel()
+    scores, models = {}, {}
+    for phase in (0, None):
+        model = DeepBID(seed=0, progress=False, decoder_epochs=phase).fit(masked, "batch")
+        column = {gene: i for i, gene in enumerate(model.genes)}
+        on = np.array([g in column for g in masked.var_names[cols]])
+        c = np.array([column[g] for g in masked.var_names[cols[on]]])
+        predicted = model.denoised()[rows[on], c] * library[rows[on]] / model.median_library
+        r = np.corrcoef(np.log1p(predicted), np.log1p(hidden[on]))[0, 1]
+        scores[phase] = r, np.mean(predicted - hidden[on])
+        models[phase] = model
+    assert models[None].history["decoder"]["steps"]
+    np.testing.assert_array_equal(models[0].latent(), models[None].latent())
+    np.testing.assert_array_equal(models[0].clusters(), models[None].clusters())
+    # every hidden count is >= 1: a decoder that learned the zeros predicts far below
+    (r_shown, bias_shown), (r_phase, bias_phase) = scores[0], scores[None]
+    assert r_phase > r_shown + 0.02
+    assert bias_shown < bias_phase - 0.5 < 0

@@ -138,7 +138,7 @@ class DeepBID:
         distributed.broadcast_module(self.module)
         trainer = Trainer(self.module, self.settings, self.device, self.seed)
         s = self.settings
-        total = 2 * s.layer_epochs + s.pretrain_epochs + s.epochs
+        total = 2 * s.layer_epochs + s.pretrain_epochs + s.epochs + s.decoder_epochs
         quiet = not self.progress or distributed.rank() != 0
         with tqdm(total=total, desc="deepbid", unit="epoch", disable=quiet) as bar:
             trainer.pretrain(view, bar)
@@ -157,6 +157,7 @@ class DeepBID:
             centres, p = trainer.cluster(
                 view, h, labels, bar, repartition if self.n_clusters is None else None
             )
+            trainer.fit_decoder(view, bar)
         self.centres, self.temperature = centres.cpu(), trainer.temperature
         self.log_weights = None if trainer.log_weights is None else trainer.log_weights.cpu()
         self.history = trainer.history

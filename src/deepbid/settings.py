@@ -21,8 +21,14 @@ LARGE_DATA_CELLS = 10_000
 #: shrink in proportion, so a phase takes about the same number of optimiser
 #: steps at any size (scVI scales its epochs the same way).
 FULL_EPOCH_CELLS = 5_000
-#: Paper epochs of each phase, and the fewest a large data set gets.
-DEFAULT_EPOCHS = {"layer_epochs": (10, 1), "pretrain_epochs": (20, 2), "epochs": (20, 3)}
+#: Epochs of each phase (the paper's, and deepbid's decoder phase), and the fewest a
+#: large data set gets.
+DEFAULT_EPOCHS = {
+    "layer_epochs": (10, 1),
+    "pretrain_epochs": (20, 2),
+    "epochs": (20, 3),
+    "decoder_epochs": (10, 1),
+}
 #: The paper's (lambda1, lambda2) below and from LARGE_DATA_CELLS cells.
 PAPER_LAMBDAS = {False: (5.0, 0.01), True: (1.0, 1e-4)}
 
@@ -53,6 +59,13 @@ class Settings:
         Epochs of each layer-wise pretraining stage, of the stacked pretraining and
         of the clustering phase; ``None``: the paper's 10, 20 and 20 up to
         :data:`FULL_EPOCH_CELLS` cells, proportionally fewer above (at least 1, 2, 3).
+    decoder_epochs
+        Epochs of the decoder phase after clustering (not in the paper): the
+        decoder alone learns the counts from the codes of thinned input
+        (``input_dropout``), so that the denoised values are predictions from the
+        cell's other genes rather than the counts it was shown; ``None``: 10 up to
+        :data:`FULL_EPOCH_CELLS` cells, proportionally fewer above (at least 1);
+        0 leaves the decoder as clustering left it.
     epoch_cells
         Most cells one epoch draws (a fresh random subset each epoch when the data
         are larger; ``None``: every cell). With the epoch floor it caps the steps of
@@ -87,6 +100,9 @@ class Settings:
     n_mixing_clusters
         Size of the fine partition; ``None``: one cluster per 30 cells, at most 100
         (Harmony's default).
+    input_dropout
+        Share of input entries zeroed (the rest scaled up to keep the mean) in each
+        minibatch of the decoder phase.
     """
 
     hidden_dim: int = 500
@@ -98,6 +114,7 @@ class Settings:
     layer_epochs: int | None = None
     pretrain_epochs: int | None = None
     epochs: int | None = None
+    decoder_epochs: int | None = None
     epoch_cells: int | None = 100_000
     lambda1: float | None = None
     lambda2: float | None = None
@@ -109,6 +126,7 @@ class Settings:
     kappa_align: float = 100.0
     weighted_memberships: bool = True
     n_mixing_clusters: int | None = None
+    input_dropout: float = 0.5
 
     @classmethod
     def given(cls, **values) -> Settings:
@@ -122,6 +140,8 @@ class Settings:
             raise InputError(
                 f"local_target must be 'cluster' or 'global', got {settings.local_target!r}"
             )
+        if not 0 <= settings.input_dropout < 1:
+            raise InputError(f"input_dropout must be in [0, 1), got {settings.input_dropout!r}")
         return settings
 
     def for_cells(self, n_cells: int) -> Settings:

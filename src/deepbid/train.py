@@ -140,6 +140,26 @@ class Trainer:
         self.run_epochs(view, "pretrain_inner", s.layer_epochs, inner_params, inner, bar)
         self.run_epochs(view, "pretrain", s.pretrain_epochs, m.parameters(), stacked, bar)
 
+    def fit_decoder(self, view: DataView, bar: tqdm) -> None:
+        """Train the decoder alone (encoder, codes and clusters fixed) on ``L_NB`` from
+        the codes of input thinned by ``Settings.input_dropout``.
+
+        A decoder trained only on the codes of the whole input learns each cell's
+        own counts, zeros included, the longer it trains; from a thinned input it
+        must predict every count from the cell's other genes, as a denoising
+        autoencoder does.
+        """
+        m, s = self.module, self.settings
+
+        def thinned(x, counts, sf, batch, idx):
+            with torch.no_grad():
+                h = m.encode(torch.nn.functional.dropout(x, s.input_dropout), batch)
+            mu, theta = m.nb_params(m.decode_hidden(h, batch), sf)
+            return {"nb": losses.nb_loss(counts, mu, theta)}
+
+        params = [*m.dec1.parameters(), *m.mu.parameters(), *m.theta.parameters()]
+        self.run_epochs(view, "decoder", s.decoder_epochs, params, thinned, bar)
+
     def cluster(
         self,
         view: DataView,
