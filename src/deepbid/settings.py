@@ -126,7 +126,7 @@ class Settings:
     kappa_align: float = 100.0
     weighted_memberships: bool = True
     n_mixing_clusters: int | None = None
-    input_dropout: float = 0.5
+    input_dropout: float = 0.7
 
     @classmethod
     def given(cls, **values) -> Settings:
