@@ -14,6 +14,7 @@ FAST = dict(
     layer_epochs=2,
     pretrain_epochs=4,
     epochs=4,
+    decoder_epochs=2,
     batch_size=64,
     progress=False,
 )
