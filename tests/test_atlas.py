@@ -141,12 +141,12 @@ def test_an_epoch_draws_at_most_epoch_cells(small, monkeypatch):
     monkeypatch.setattr(data.DataView, "rows", counting)
     settings = {**FAST, "layer_epochs": 1, "pretrain_epochs": 1, "epochs": 2, "batch_size": 32}
     model = DeepBID(n_clusters=3, seed=0, epoch_cells=64, **settings).fit(small, "batch")
-    # 5 epochs (2 layer-wise, 1 stacked, 2 clustering) of 64 cells in steps of 32
-    assert steps == [32] * 10
+    # 7 epochs (2 layer-wise, 1 stacked, 2 clustering, 2 decoder) of 64 cells in steps of 32
+    assert steps == [32] * 14
     assert len(model.history["cluster"]["total"]) == 2
     steps.clear()
     DeepBID(n_clusters=3, seed=0, epoch_cells=None, **settings).fit(small, "batch")
-    assert sum(steps) == 5 * small.n_obs
+    assert sum(steps) == 7 * small.n_obs
 
 
 def test_denoised_matrix_is_skipped_above_the_size_rule_with_a_message(small, monkeypatch):
