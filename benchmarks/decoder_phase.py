@@ -26,8 +26,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from denoise import DATA, deepbid_heldout, heldout_scores, hide_entries, on_model_genes
-from mapping import markdown_table
-from quality import SHARED, provenance
+from mapping import markdown_table, save
+from quality import SHARED
 from tqdm.auto import tqdm
 
 from deepbid import DeepBID
@@ -95,27 +95,28 @@ def main() -> None:
         for name, adata in data_sets(seed).items()
         for row in run(name, adata, seed)
     ]
-    table = pd.DataFrame(rows)
-    stamp = provenance()
-    table.assign(**stamp).to_csv(Path(args.out) / "decoder_phase.csv", index=False)
+    save(rows, Path(args.out), "decoder_phase", markdown)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """Held-out r and mean error per variant (rows) and data set (columns), mean over seeds."""
     r, bias = (
         table.pivot_table(index="variant", columns="data", values=v, sort=False).rename_axis(
             "input_dropout / decoder epochs"
         )
         for v in ("heldout_r", "heldout_bias")
     )
-    text = (
-        f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores; seeds "
-        f"{args.seeds}, mean over seeds. Held-out r log1p (0 / 0: no decoder phase, the "
-        "decoder as clustering left it; default: 10 epochs up to 5,000 cells, 9 at "
-        "6,000):\n\n"
+    first = table.iloc[0]
+    return (
+        f"commit {first['commit']}, {first['date']}, {first['cores']} cores; seeds "
+        f"{sorted(table['seed'].unique().tolist())}, mean over seeds. Held-out r log1p (0 / 0: no "
+        "decoder phase, the decoder as clustering left it; default: 10 epochs up to 5,000 "
+        "cells, 9 at 6,000):\n\n"
         + markdown_table(r.assign(mean=r.mean(axis=1)))
         + "\n\nMean error of the prediction (counts):\n\n"
         + markdown_table(bias)
         + "\n"
     )
-    (Path(args.out) / "decoder_phase.md").write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

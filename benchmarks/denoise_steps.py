@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from denoise import DATA, deepbid_heldout, heldout_scores, hide_entries, on_model_genes
-from mapping import markdown_table
-from quality import provenance
+from mapping import markdown_table, save
 
 from deepbid import DeepBID
 from deepbid.datasets import simulate
@@ -59,18 +58,19 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     rows = [row for seed in args.seeds for row in run(args.cells, seed)]
-    table = pd.DataFrame(rows)
-    stamp = provenance()
-    table.assign(**stamp).to_csv(Path(args.out) / "denoise_steps.csv", index=False)
-    mean = table.drop(columns="seed").groupby("training", sort=False).mean()
-    text = (
-        f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores; "
-        f"{args.cells} cells, seeds {args.seeds}, mean over seeds.\n\n"
-        + markdown_table(mean)
+    save(rows, Path(args.out), "denoise_steps", lambda table: markdown(table, args.cells))
+
+
+def markdown(table: pd.DataFrame, n_cells: int) -> str:
+    """Mean over seeds per training length."""
+    first = table.iloc[0]
+    mean = table.drop(columns=["seed", "commit", "date", "cores", "versions"], errors="ignore")
+    return (
+        f"commit {first['commit']}, {first['date']}, {first['cores']} cores; "
+        f"{n_cells} cells, seeds {sorted(table['seed'].unique().tolist())}, mean over seeds.\n\n"
+        + markdown_table(mean.groupby("training", sort=False).mean())
         + "\n"
     )
-    (Path(args.out) / "denoise_steps.md").write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":
