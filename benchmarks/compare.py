@@ -63,6 +63,7 @@ from scipy.sparse.csgraph import dijkstra
 from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 
+import deepbid
 from deepbid import DeepBID, k_estimate, metrics, plotting
 from deepbid.data import DataView, prepare
 
@@ -448,7 +449,9 @@ def provenance() -> dict[str, object]:
         try:
             versions.append(f"{name}={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
-            continue
+            # a source tree on PYTHONPATH (as on a GPU machine) is not installed
+            if name == "deepbid":
+                versions.append(f"deepbid={deepbid.__version__}")
     return {
         "commit": head + ("+dirty" if dirty else ""),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

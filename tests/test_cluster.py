@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from deepbid import cluster, k_estimate, metrics
@@ -120,3 +121,14 @@ def test_large_data_is_partitioned_on_a_sample(monkeypatch):
     assert calls == [200]
     assert labels.shape == (len(x),) and labels.max() + 1 == 4
     assert metrics.ari(types, labels) > 0.95
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_label_sums_on_cuda_are_reproducible_and_match_the_cpu():
+    generator = torch.Generator().manual_seed(0)
+    h = torch.randn(200_000, 16, generator=generator)
+    labels = torch.randint(0, 100, (200_000,), generator=generator)
+    on_cpu = cluster.label_sums(h, labels, 100)
+    runs = [cluster.label_sums(h.cuda(), labels.cuda(), 100).cpu() for _ in range(3)]
+    assert all(torch.equal(run, runs[0]) for run in runs)
+    torch.testing.assert_close(runs[0], on_cpu, rtol=1e-4, atol=1e-3)

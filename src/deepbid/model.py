@@ -63,9 +63,9 @@ class DeepBID:
         Any field of :class:`~deepbid.settings.Settings` (``latent_dim``, ``epochs``,
         ``kappa2``, ``kappa_local``, ...); the defaults live there.
     seed
-        Seeds every random choice; the same seed gives the same result on one machine
-        on the CPU. On CUDA it need not: two same-seed fits differed on an H100 (README,
-        "Scale").
+        Seeds every random choice; the same seed gives the same result on one machine,
+        on the CPU and on CUDA (checked on an H100; README, "Scale"). The CPU and CUDA
+        results differ from each other.
     device
         ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
     progress
