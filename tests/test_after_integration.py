@@ -105,11 +105,11 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_q
     reference, query = reference_and_query
     model = DeepBID(n_clusters=4, seed=0, **FAST).fit(reference, "batch")
     before = {name: p.detach().clone() for name, p in model.module.named_parameters()}
-    latent_before = model.latent()
+    latent_before = model.latent(reference)  # recomputed, as mapped.latent(reference) is
     mapped = model.map(query)
     for name, p in model.module.named_parameters():  # the reference model is untouched
         np.testing.assert_array_equal(p.detach().cpu(), before[name].cpu())
-    np.testing.assert_allclose(mapped.latent(reference), latent_before, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(mapped.latent(reference), latent_before)
     assert mapped.batch_categories == ["batch0", "batch1", "batch2"]
     # only the new batch's parameters were trained
     shift = mapped.module.batch_shift.detach()

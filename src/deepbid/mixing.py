@@ -138,6 +138,57 @@ def batch_cluster_sums(
     return sums, weights.sum(dim=0).reshape(n_batches, p.shape[1])
 
 
+def _trust(counts: torch.Tensor) -> torch.Tensor:
+    """``(n_batches, K)`` trust in each batch's centroid in each cluster:
+    ``min(1, u_Bk / v_B)``, its share of the cluster over its share of all cells.
+    A batch far below its usual share of a cluster is more likely a few cells of
+    a neighbouring type than the cluster's own cells seen through a batch effect;
+    pulling them onto the cluster would merge that type into it."""
+    u = cluster_batch_mix(counts)
+    v = counts.sum(dim=1, keepdim=True) / counts.sum()
+    return (u / v.clamp_min(_TINY)).clamp(max=1.0)
+
+
+def _deviations(
+    sums: torch.Tensor, counts: torch.Tensor, n_reference: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trust ``w`` ``(n_batches, K)`` and deviations ``m_Bk - m_k`` ``(n_batches, K, d)``,
+    ``m_k`` the ``w n``-weighted mean of the first ``n_reference`` batches' centroids."""
+    weights = _trust(counts)
+    batch_mean = sums / counts.clamp_min(_TINY)[:, :, None]
+    mass = (weights * counts)[:n_reference, :, None]
+    centre = (mass * batch_mean[:n_reference]).sum(dim=0) / mass.sum(dim=0).clamp_min(_TINY)
+    return weights, batch_mean - centre[None]
+
+
+def batch_offsets(
+    sums: torch.Tensor, counts: torch.Tensor, n_reference: int | None = None
+) -> torch.Tensor:
+    """``w_Bk (m_Bk - m_k)`` ``(n_batches, K, d)``: each batch's trusted offset from its
+    cluster's centroid, from the membership-weighted sums ``(n_batches, K, d)`` and
+    counts ``(n_batches, K)`` of :func:`batch_cluster_sums`.
+
+    ``m_Bk`` is batch ``B``'s centroid in cluster ``k``, ``w_Bk`` its trust (see
+    :func:`_trust`) and ``m_k`` the ``w n``-weighted mean of the centroids of the first
+    ``n_reference`` batches (default: all), so that batches mapped onto a trained
+    model are measured against the reference's centroids alone.
+    """
+    weights, deviations = _deviations(sums, counts, n_reference)
+    return weights[:, :, None] * deviations
+
+
+def remove_offsets(
+    h: torch.Tensor, p: torch.Tensor, batch: torch.Tensor, offsets: torch.Tensor
+) -> torch.Tensor:
+    """``h_j - sum_k p_jk o_{b_j k}``: the ``(n, d)`` codes with each cell's batch offsets
+    ``(n_batches, K, d)`` removed, weighted by its memberships ``(n, K)``."""
+    out = h.clone()
+    for b in torch.unique(batch).tolist():  # per batch: never an (n, K, d) array
+        rows = batch == b
+        out[rows] -= p[rows] @ offsets[b]
+    return out
+
+
 class BatchAlignment:
     """Running full-data centroids of every batch within every cluster.
 
@@ -145,7 +196,7 @@ class BatchAlignment:
     clusters, ``sum_Bk w_Bk n_Bk ||m_Bk - m_k||^2 / sum_jk p_jk ||h_j - m_k||^2`` (0:
     every batch of a cluster sits on the cluster's centroid; ``m_k`` the
     ``w n``-weighted mean of the batch centroids ``m_Bk``, ``w`` see
-    :meth:`_weights`). Unlike the mutual information of :class:`BatchMix`, whose
+    :func:`_trust`). Unlike the mutual information of :class:`BatchMix`, whose
     gradient fades once a batch's cells lie outside the reach of the other
     batches' clusters, its gradient moves every cell by its batch's offset in
     its cluster, however far. A cluster that
@@ -179,32 +230,14 @@ class BatchAlignment:
         self.sums = _running(self.sums, sums, self.n_cells, self.horizon, n)
         self.counts = _running(self.counts, counts, self.n_cells, self.horizon, n)
 
-    def _weights(self) -> torch.Tensor:
-        """``(n_batches, K)`` trust in each batch's centroid in each cluster:
-        ``min(1, u_Bk / v_B)``, its share of the cluster over its share of all cells.
-        A batch far below its usual share of a cluster is more likely a few cells of
-        a neighbouring type than the cluster's own cells seen through a batch effect;
-        pulling them onto the cluster would merge that type into it."""
-        u = cluster_batch_mix(self.counts)
-        v = self.counts.sum(dim=1, keepdim=True) / self.counts.sum()
-        return (u / v.clamp_min(_TINY)).clamp(max=1.0)
-
-    def _deviations(self) -> tuple[torch.Tensor, torch.Tensor]:
-        weights = self._weights()
-        batch_mean = self.sums / self.counts.clamp_min(_TINY)[:, :, None]
-        mass = (weights * self.counts)[:, :, None]
-        centre = (mass * batch_mean).sum(dim=0) / mass.sum(dim=0).clamp_min(_TINY)
-        return weights, batch_mean - centre[None]
-
     def offsets(self) -> torch.Tensor:
         """``w_Bk (m_Bk - m_k)`` ``(n_batches, K, d)``: each batch's weighted offset from
         its cluster's (weighted) centroid: the per-cell gradient of :meth:`value`."""
-        weights, deviations = self._deviations()
-        return weights[:, :, None] * deviations
+        return batch_offsets(self.sums, self.counts)
 
     def value(self) -> float:
         """Weighted share of the within-cluster spread that batch explains (0 to 1)."""
-        weights, deviations = self._deviations()
+        weights, deviations = _deviations(self.sums, self.counts)
         between = (weights * self.counts * deviations.pow(2).sum(dim=2)).sum()
         return float(between) / self.spread
 

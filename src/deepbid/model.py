@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import cluster, distributed, k_estimate
+from . import cluster, distributed, k_estimate, mixing
 from .data import DataView, batch_labels, check_anndata, prepare, prepare_like
 from .errors import InputError, InputWarning
 from .files import write_atomically
@@ -25,7 +25,7 @@ from .train import Trainer, denoise, embed
 
 #: Version of the file :meth:`DeepBID.save` writes (3: the K estimation report, the
 #: given K and the encoder shifts of mapped batches).
-FORMAT = 3
+FORMAT = 4
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -160,6 +160,16 @@ class DeepBID:
             trainer.fit_decoder(view, bar)
         self.centres, self.temperature = centres.cpu(), trainer.temperature
         self.log_weights = None if trainer.log_weights is None else trainer.log_weights.cpu()
+        codes = embed(self.module, view, self.device).cpu()
+        sums, counts = mixing.batch_cluster_sums(
+            codes,
+            self._memberships(codes),
+            torch.as_tensor(view.batch_codes, dtype=torch.long),
+            view.n_batches,
+        )
+        self.batch_sums = distributed.all_sum(sums)
+        self.batch_counts = distributed.all_sum(counts)
+        self.batch_offsets = mixing.batch_offsets(self.batch_sums, self.batch_counts)
         self.history = trainer.history
         self.genes, self.batch_categories = view.genes, view.batch_categories
         self.is_counts = view.is_counts
@@ -172,8 +182,7 @@ class DeepBID:
         if distributed.active():
             # each process holds only its shard of the cells: keep all cells' results,
             # so that rank 0 writes them without the other shards' expression
-            latent = embed(self.module, view, self.device).cpu().numpy()
-            self._train_latent = distributed.gather_rows(latent, rows, n)
+            self._train_latent = distributed.gather_rows(codes.cpu().numpy(), rows, n)
             self._train_codes = distributed.gather_rows(view.batch_codes, rows, n)
         return self
 
@@ -258,7 +267,24 @@ class DeepBID:
                     self.progress,
                 )
             )
+            mapped._add_batch_offsets(view, len(self.batch_categories))
         return mapped
+
+    def _add_batch_offsets(self, view: DataView, n_old: int) -> None:
+        """Centroid sums, counts and offsets of the batches ``n_old...`` from ``view``'s
+        cells, measured against the reference's centroids; the reference's own
+        offsets stay as they were, so its embedding does not change."""
+        codes = torch.from_numpy(self._codes(view))
+        sums, counts = mixing.batch_cluster_sums(
+            codes,
+            self._memberships(codes),
+            torch.as_tensor(view.batch_codes, dtype=torch.long),
+            len(self.batch_categories),
+        )
+        self.batch_sums = torch.cat([self.batch_sums, sums[n_old:]])
+        self.batch_counts = torch.cat([self.batch_counts, counts[n_old:]])
+        new = mixing.batch_offsets(self.batch_sums, self.batch_counts, n_reference=n_old)
+        self.batch_offsets = torch.cat([self.batch_offsets, new[n_old:]])
 
     # -- results ---------------------------------------------------------------------
 
@@ -294,16 +320,39 @@ class DeepBID:
         out[view.cells] = values
         return out
 
-    def _latent(self, view: DataView) -> np.ndarray:
+    def _codes(self, view: DataView) -> np.ndarray:
+        """The encoder's codes ``(n, d)`` of the view's cells, before the final alignment."""
         if view is self.train_view and self._train_latent is not None:
             return self._train_latent
         return embed(self.module, view, self.device).cpu().numpy()
 
+    def _own_batches(self, view: DataView) -> np.ndarray:
+        if view is self.train_view and self._train_codes is not None:
+            return self._train_codes
+        return view.batch_codes
+
+    def _memberships(self, codes: torch.Tensor) -> torch.Tensor:
+        """Eq. (14) of ``(n, d)`` CPU codes against the final centres: ``(n, K)``."""
+        return cluster.memberships(codes, self.centres, self.temperature, self.log_weights)
+
+    def _latent(self, view: DataView) -> np.ndarray:
+        codes = torch.from_numpy(self._codes(view))
+        if not self.settings.final_alignment:
+            return codes.numpy()
+        # memberships recomputed from the codes, not the trainer's (its last fuzzy
+        # k-means step leaves them 1e-4 apart): the same cells get the same embedding
+        # as training cells and when passed in again
+        return mixing.remove_offsets(
+            codes,
+            self._memberships(codes),
+            torch.as_tensor(self._own_batches(view), dtype=torch.long),
+            self.batch_offsets,
+        ).numpy()
+
     def _p(self, view: DataView) -> np.ndarray:
         if view is self.train_view and self._train_p is not None:
             return self._train_p
-        h = torch.from_numpy(self._latent(view))
-        return cluster.memberships(h, self.centres, self.temperature, self.log_weights).numpy()
+        return self._memberships(torch.from_numpy(self._codes(view))).numpy()
 
     def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Integrated embedding ``(n_obs, latent_dim)`` of the training cells, or of
@@ -356,10 +405,14 @@ class DeepBID:
             raise InputError(f"library_size must be positive, got {library_size!r}")
         size_factor = 1.0 if library_size is None else library_size / self.median_library
         batches = None if transform_batch is None else self._batch_codes(transform_batch)
-        own = view.batch_codes
-        if view is self.train_view and self._train_codes is not None:
-            own = self._train_codes
-        means = denoise(self.module, self._latent(view), own, self.device, batches, size_factor)
+        means = denoise(
+            self.module,
+            self._codes(view),
+            self._own_batches(view),
+            self.device,
+            batches,
+            size_factor,
+        )
         return self._rows(view, means)
 
     def _batch_codes(self, names: str | Sequence[str]) -> list[int]:
@@ -385,6 +438,9 @@ class DeepBID:
             "centres": self.centres,
             "temperature": self.temperature,
             "log_weights": self.log_weights,
+            "batch_sums": self.batch_sums,
+            "batch_counts": self.batch_counts,
+            "batch_offsets": self.batch_offsets,
             "genes": list(self.genes),
             "batch_categories": list(self.batch_categories),
             "is_counts": self.is_counts,
@@ -434,6 +490,8 @@ class DeepBID:
         model.module.load_state_dict(state["state_dict"])
         model.centres, model.temperature = state["centres"], state["temperature"]
         model.log_weights = state["log_weights"]
+        model.batch_sums, model.batch_counts = state["batch_sums"], state["batch_counts"]
+        model.batch_offsets = state["batch_offsets"]
         model.genes, model.batch_categories = state["genes"], state["batch_categories"]
         model.is_counts, model.median_library = state["is_counts"], state["median_library"]
         model.batch_key, model.layer = state["batch_key"], state["layer"]

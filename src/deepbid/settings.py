@@ -103,6 +103,12 @@ class Settings:
     input_dropout
         Share of input entries zeroed (the rest scaled up to keep the mean) in each
         minibatch of the decoder phase.
+    final_alignment
+        Remove from the integrated embedding the offsets that ``kappa_align``'s term
+        leaves at the end of training (not in the paper): each cell moves by its
+        batch's trusted offset from the centroid of its clusters, weighted by its
+        memberships (:func:`~deepbid.mixing.batch_offsets`). Memberships, clusters
+        and denoised values are computed before it and do not change.
     """
 
     hidden_dim: int = 500
@@ -127,6 +133,7 @@ class Settings:
     weighted_memberships: bool = True
     n_mixing_clusters: int | None = None
     input_dropout: float = 0.7
+    final_alignment: bool = True
 
     @classmethod
     def given(cls, **values) -> Settings:
