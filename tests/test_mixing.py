@@ -146,3 +146,34 @@ def test_running_counts_follow_the_codes_within_one_epochs_draw():
     assert moved(lags) < 0.11  # a tenth of the way with the whole data's horizon
     for mix in (follows, lags):  # both stay counts over all 100,000 cells
         assert abs(float(mix.counts.sum()) - 100_000.0) < 1.0
+
+
+def test_batch_offsets_measure_mapped_batches_against_the_reference_alone():
+    """Two reference batches 1 apart in cluster 0, a query batch 5 away: the query's
+    offset is from the reference's centroid, and the reference's offsets are those it
+    has without the query; a batch that holds a cluster far below its usual share is
+    not trusted there."""
+    d = 3
+    sums = torch.zeros(3, 2, d)
+    counts = torch.tensor([[100.0, 100.0], [100.0, 100.0], [100.0, 100.0]])
+    sums[0, 0, 0], sums[1, 0, 0], sums[2, 0, 0] = -0.5 * 100, 0.5 * 100, 5.0 * 100
+    reference = mixing.batch_offsets(sums[:2], counts[:2])
+    both = mixing.batch_offsets(sums, counts, n_reference=2)
+    torch.testing.assert_close(both[:2], reference)
+    torch.testing.assert_close(both[2, 0], torch.tensor([5.0, 0.0, 0.0]))
+    torch.testing.assert_close(reference[:, 0, 0], torch.tensor([-0.5, 0.5]))
+    rare, rare_sums = counts.clone(), sums.clone()
+    rare[2, 0], rare_sums[2, 0, 0] = 10.0, 5.0 * 10  # a tenth of its share of cluster 0
+    assert mixing.batch_offsets(rare_sums, rare, n_reference=2)[2, 0, 0] < 0.2 * 5.0
+
+
+def test_remove_offsets_weights_each_cell_by_its_memberships():
+    rng = np.random.default_rng(0)
+    h = torch.tensor(rng.normal(size=(50, 4)), dtype=torch.float32)
+    p = torch.softmax(torch.tensor(rng.normal(size=(50, 3)), dtype=torch.float32), dim=1)
+    batch = torch.tensor(rng.integers(0, 2, 50))
+    offsets = torch.tensor(rng.normal(size=(2, 3, 4)), dtype=torch.float32)
+    expected = torch.stack(
+        [h[j] - sum(p[j, k] * offsets[batch[j], k] for k in range(3)) for j in range(50)]
+    )
+    torch.testing.assert_close(mixing.remove_offsets(h, p, batch, offsets), expected)
