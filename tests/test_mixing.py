@@ -164,7 +164,10 @@ def test_batch_offsets_measure_mapped_batches_against_the_reference_alone():
     torch.testing.assert_close(reference[:, 0, 0], torch.tensor([-0.5, 0.5]))
     rare, rare_sums = counts.clone(), sums.clone()
     rare[2, 0], rare_sums[2, 0, 0] = 10.0, 5.0 * 10  # a tenth of its share of cluster 0
-    assert mixing.batch_offsets(rare_sums, rare, n_reference=2)[2, 0, 0] < 0.2 * 5.0
+    # trust = its share of cluster 0 (10 of 210) over its share of all cells (110 of 510)
+    trust = (10 / 210) / (110 / 510)
+    offset = mixing.batch_offsets(rare_sums, rare, n_reference=2)[2, 0, 0]
+    assert offset.item() == pytest.approx(trust * 5.0, rel=1e-5)
 
 
 def test_remove_offsets_weights_each_cell_by_its_memberships():
