@@ -3,8 +3,9 @@
 deepbid's clusters are the argmax of its memberships ``P``: eq. 14 with the
 temperature and the cluster-proportion weights of the last re-estimation. This script
 fits deepbid once per file and seed (the files and scenarios of ``quality.py``, K
-estimated) and scores, on the same embedding ``obsm["X_deepbid"]`` and with the same
-centres, other rules a clustering step could end with:
+estimated) and scores, on the codes the clustering step works on (``final_alignment=False``:
+the same fit and clusters, ``obsm["X_deepbid"]`` before the final alignment) and with
+the same centres, other rules a clustering step could end with:
 
 - ``nearest centre``: each cell to its nearest centre (eq. 14 without weights, as the
   temperature goes to 0);
@@ -12,7 +13,7 @@ centres, other rules a clustering step could end with:
 - ``mixture, tied``: EM of an isotropic Gaussian mixture with one shared variance,
   started from ``P`` (squared distances, proportions re-estimated);
 - ``mixture, per cluster``: the same with a variance per cluster;
-- ``k-means, true K``: as in ``quality.py``, for reference.
+- ``k-means, true K``: as in ``quality.py`` (there on the aligned embedding), for reference.
 
     python benchmarks/assignment.py              # seed 0, every file and scenario
     python benchmarks/assignment.py --seeds 0 1 2
@@ -65,7 +66,7 @@ def run(task: tuple[str, int]) -> dict[str, object]:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     adata = datasets([name])[name]()
-    model = DeepBID(seed=seed, progress=False).fit(adata, "batch")
+    model = DeepBID(seed=seed, progress=False, final_alignment=False).fit(adata, "batch")
     labels = adata.obs["cell_type"].astype(str).to_numpy()[model.train_view.cells]
     h, p = model.latent().astype(np.float64), model.membership()
     kept = np.isfinite(h).all(axis=1)
