@@ -391,7 +391,10 @@ class DeepBID:
             the counts were measured). A batch name: every cell decoded as if it had
             been measured in that batch. A list of names, or ``"average"`` for all
             the model's batches: the mean over decoding in each — expression with the
-            batch effect removed, in no batch's particular scale.
+            batch effect removed, in no batch's particular scale. With the final
+            alignment, decoding in batch ``b`` starts from :meth:`latent`'s embedding
+            moved by ``b``'s offsets in the cell's clusters, so the batch effect the
+            codes carry is ``b``'s too.
         library_size
             Counts per cell of the output; ``None``: the training data's median library
             size. (For log-normalised input, a multiple of the model's unit scale.)
@@ -405,14 +408,27 @@ class DeepBID:
             raise InputError(f"library_size must be positive, got {library_size!r}")
         size_factor = 1.0 if library_size is None else library_size / self.median_library
         batches = None if transform_batch is None else self._batch_codes(transform_batch)
-        means = denoise(
-            self.module,
-            self._codes(view),
-            self._own_batches(view),
-            self.device,
-            batches,
-            size_factor,
-        )
+        own = self._own_batches(view)
+        codes = self._codes(view)
+        if batches is None or not self.settings.final_alignment:
+            means = denoise(self.module, codes, own, self.device, batches, size_factor)
+        else:
+            # decoded in batch b from the aligned embedding moved by b's offsets: the
+            # latent part of the batch effect is b's too, and a cell decoded in its own
+            # batch gets back its own code
+            h = torch.from_numpy(codes)
+            p = self._memberships(h)
+            aligned = mixing.remove_offsets(h, p, torch.as_tensor(own), self.batch_offsets)
+            means = denoise(
+                self.module,
+                aligned.numpy(),
+                own,
+                self.device,
+                batches,
+                size_factor,
+                p.numpy(),
+                self.batch_offsets.numpy(),
+            )
         return self._rows(view, means)
 
     def _batch_codes(self, names: str | Sequence[str]) -> list[int]:

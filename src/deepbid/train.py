@@ -376,6 +376,8 @@ def denoise(
     device: torch.device,
     batches: Sequence[int] | None = None,
     size_factor: float = 1.0,
+    memberships: np.ndarray | None = None,
+    offsets: np.ndarray | None = None,
 ) -> np.ndarray:
     """NB means ``(n_cells, n_genes)`` decoded from the codes ``latent`` ``(n_cells, d)``.
 
@@ -388,16 +390,34 @@ def denoise(
         ``None`` decodes each cell with its own batch.
     size_factor
         Library size of the output over the training data's median library size.
+    memberships, offsets
+        ``(n_cells, K)`` and ``(n_batches, K, d)``, with ``batches`` and an aligned
+        ``latent``: decoding in batch ``b`` starts from ``latent + memberships @
+        offsets[b]``, the cell put where batch ``b``'s cells of its clusters lie, so that
+        a cell decoded in its own batch gets back its own code.
     """
     module.eval()
     out = np.empty((latent.shape[0], module.mu.out_features), dtype=np.float32)
+    shifts = None if offsets is None else torch.from_numpy(offsets).to(device)
     for start in range(0, latent.shape[0], CHUNK):
         rows = slice(start, start + CHUNK)
         h = torch.from_numpy(latent[rows]).to(device)
         mine = torch.from_numpy(own[rows]).to(device)
-        decode_as = [mine] if batches is None else [torch.full_like(mine, b) for b in batches]
         scale = torch.full((h.shape[0],), size_factor, device=device)
-        mean = sum(module.nb_params(module.decode_hidden(h, b), scale)[0] for b in decode_as)
-        out[rows] = (mean / len(decode_as)).cpu().numpy()
+        if batches is None:
+            mean = module.nb_params(module.decode_hidden(h, mine), scale)[0]
+        else:
+            p = None if shifts is None else torch.from_numpy(memberships[rows]).to(device)
+            mean = sum(
+                module.nb_params(
+                    module.decode_hidden(
+                        h if p is None else h + p @ shifts[b], torch.full_like(mine, b)
+                    ),
+                    scale,
+                )[0]
+                for b in batches
+            )
+            mean = mean / len(batches)
+        out[rows] = mean.cpu().numpy()
     module.train()
     return out
