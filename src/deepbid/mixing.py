@@ -20,9 +20,12 @@ nothing here talks to a process group.
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 
 _TINY = 1e-12
+#: Cells per chunk where a per-cell ``(n, d)`` temporary would be built.
+_CHUNK = 65_536
 
 
 def batch_cluster_counts(p: torch.Tensor, batch: torch.Tensor, n_batches: int) -> torch.Tensor:
@@ -155,7 +158,7 @@ def _deviations(
     """Trust ``w`` ``(n_batches, K)`` and deviations ``m_Bk - m_k`` ``(n_batches, K, d)``,
     ``m_k`` the ``w n``-weighted mean of the first ``n_reference`` batches' centroids."""
     weights = _trust(counts)
-    batch_mean = sums / counts.clamp_min(_TINY)[:, :, None]
+    batch_mean = batch_centroids(sums, counts)
     mass = (weights * counts)[:n_reference, :, None]
     centre = (mass * batch_mean[:n_reference]).sum(dim=0) / mass.sum(dim=0).clamp_min(_TINY)
     return weights, batch_mean - centre[None]
@@ -177,15 +180,90 @@ def batch_offsets(
     return weights[:, :, None] * deviations
 
 
-def remove_offsets(
-    h: torch.Tensor, p: torch.Tensor, batch: torch.Tensor, offsets: torch.Tensor
+def batch_centroids(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Centroids ``m_Bk`` ``(n_batches, K, d)`` of :func:`batch_cluster_sums`'s sums and
+    counts (0 where a batch holds none of a cluster)."""
+    return sums / counts.clamp_min(_TINY)[:, :, None]
+
+
+def centroid_distances(
+    h: torch.Tensor, labels: torch.Tensor, batch: torch.Tensor, centroids: torch.Tensor
 ) -> torch.Tensor:
-    """``h_j - sum_k p_jk o_{b_j k}``: the ``(n, d)`` codes with each cell's batch offsets
-    ``(n_batches, K, d)`` removed, weighted by its memberships ``(n, K)``."""
+    """Squared distance ``(n,)`` of each ``(n, d)`` code from the centroid of its batch
+    in its hard cluster ``labels`` ``(n,)``, in chunks of cells."""
+    parts = zip(*(torch.split(t, _CHUNK) for t in (h, labels, batch)), strict=True)
+    return torch.cat([(c - centroids[b, k]).pow(2).sum(dim=1) for c, k, b in parts])
+
+
+def batch_spreads(
+    distances: torch.Tensor, batch: torch.Tensor, labels: torch.Tensor, n_batches: int, k: int
+) -> torch.Tensor:
+    """Median squared distance ``(n_batches, K)`` of each batch's cells in each cluster
+    from their centroid, from every cell's squared distance ``(n,)`` to the centroid
+    ``m_{b_j l_j}`` of its batch in its hard cluster ``labels`` ``(n,)``; NaN where a
+    batch holds fewer than two cells of a cluster.
+
+    A median, not a variance: a few outlying cells set a cluster's variance but not
+    where most of its cells, and so their neighbours, lie. Times ``n / (n - 1)``, as
+    for a variance: ``n`` cells lie closer to their own mean than to the mean they
+    were drawn around (one cell: at distance 0).
+    """
+    groups = pd.Series(distances.cpu().numpy()).groupby((batch * k + labels).cpu().numpy())
+    n = groups.size()
+    spread = (groups.median() * n / (n - 1)).where(n > 1)
+    out = torch.full((n_batches * k,), float("nan"), dtype=distances.dtype)
+    out[torch.as_tensor(spread.index.to_numpy())] = torch.as_tensor(
+        spread.to_numpy(), dtype=distances.dtype
+    )
+    return out.reshape(n_batches, k)
+
+
+def batch_scales(
+    spreads: torch.Tensor, counts: torch.Tensor, n_reference: int | None = None
+) -> torch.Tensor:
+    """``1 + w_Bk (sqrt(r_k / r_Bk) - 1)`` ``(n_batches, K)``: the factor that brings
+    batch ``B``'s spread ``r_Bk`` in cluster ``k`` (:func:`batch_spreads`) to the
+    ``w n``-weighted mean ``r_k`` of the first ``n_reference`` batches' spreads, as
+    far as the batch's centroid is trusted (``w``, see :func:`_trust`); 1 where
+    either spread is missing.
+
+    In the hundreds of latent dimensions the neighbours of a cell are set by the
+    radius of each batch's cloud as much as by its centre: a batch whose cells lie
+    3 % closer to their centroid is every other batch's nearest neighbour and its
+    own.
+    """
+    weights = _trust(counts)
+    known = torch.isfinite(spreads)
+    mass = torch.where(known, weights * counts, 0.0)[:n_reference]
+    reference = (mass * spreads[:n_reference].nan_to_num()).sum(dim=0) / mass.sum(dim=0)
+    ratio = (reference[None] / spreads).sqrt()
+    return torch.where(known & torch.isfinite(ratio), 1 + weights * (ratio - 1), 1.0)
+
+
+def remove_offsets(
+    h: torch.Tensor,
+    p: torch.Tensor,
+    batch: torch.Tensor,
+    offsets: torch.Tensor,
+    scales: torch.Tensor | None = None,
+    centroids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The ``(n, d)`` codes with each cell's batch offsets ``(n_batches, K, d)``
+    removed, weighted by its memberships ``(n, K)``: ``h_j - sum_k p_jk o_{b_j k}``.
+
+    With ``scales`` ``(n_batches, K)`` (:func:`batch_scales`) and the batches'
+    ``centroids`` ``(n_batches, K, d)``, each cell's distance from its batch's
+    centroid is scaled too: ``h_j + sum_k p_jk [(s_{b_j k} - 1)(h_j - m_{b_j k}) -
+    o_{b_j k}]``.
+    """
     out = h.clone()
     for b in torch.unique(batch).tolist():  # per batch: never an (n, K, d) array
         rows = batch == b
         out[rows] -= p[rows] @ offsets[b]
+        if scales is not None:
+            stretch = scales[b] - 1
+            out[rows] += (p[rows] @ stretch)[:, None] * h[rows]
+            out[rows] -= p[rows] @ (stretch[:, None] * centroids[b])
     return out
 
 

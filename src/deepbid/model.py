@@ -25,7 +25,7 @@ from .train import Trainer, denoise, embed
 
 #: Version of the file :meth:`DeepBID.save` writes (3: the K estimation report, the
 #: given K and the encoder shifts of mapped batches).
-FORMAT = 4
+FORMAT = 5
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -161,15 +161,11 @@ class DeepBID:
         self.centres, self.temperature = centres.cpu(), trainer.temperature
         self.log_weights = None if trainer.log_weights is None else trainer.log_weights.cpu()
         codes = embed(self.module, view, self.device).cpu()
-        sums, counts = mixing.batch_cluster_sums(
-            codes,
-            self._memberships(codes),
-            torch.as_tensor(view.batch_codes, dtype=torch.long),
-            view.n_batches,
+        self.batch_sums, self.batch_counts, self.batch_spreads = self._batch_statistics(
+            view, codes, view.n_batches
         )
-        self.batch_sums = distributed.all_sum(sums)
-        self.batch_counts = distributed.all_sum(counts)
         self.batch_offsets = mixing.batch_offsets(self.batch_sums, self.batch_counts)
+        self.batch_scales = mixing.batch_scales(self.batch_spreads, self.batch_counts)
         self.history = trainer.history
         self.genes, self.batch_categories = view.genes, view.batch_categories
         self.is_counts = view.is_counts
@@ -270,21 +266,41 @@ class DeepBID:
             mapped._add_batch_offsets(view, len(self.batch_categories))
         return mapped
 
-    def _add_batch_offsets(self, view: DataView, n_old: int) -> None:
-        """Centroid sums, counts and offsets of the batches ``n_old...`` from ``view``'s
-        cells, measured against the reference's centroids; the reference's own
-        offsets stay as they were, so its embedding does not change."""
-        codes = torch.from_numpy(self._codes(view))
-        sums, counts = mixing.batch_cluster_sums(
-            codes,
-            self._memberships(codes),
-            torch.as_tensor(view.batch_codes, dtype=torch.long),
-            len(self.batch_categories),
+    def _batch_statistics(
+        self, view: DataView, codes: torch.Tensor, n_batches: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Membership-weighted sums ``(n_batches, K, d)`` and counts ``(n_batches, K)`` of
+        the ``(n, d)`` CPU codes of ``view``'s cells (of all processes) per batch and
+        cluster, and the median squared distance ``(n_batches, K)`` of each batch's
+        cells in each cluster from their centroid."""
+        p = self._memberships(codes)
+        batch = torch.as_tensor(view.batch_codes, dtype=torch.long)
+        sums, counts = mixing.batch_cluster_sums(codes, p, batch, n_batches)
+        sums, counts = distributed.all_sum(sums), distributed.all_sum(counts)
+        labels = p.argmax(dim=1)
+        distances = mixing.centroid_distances(
+            codes, labels, batch, mixing.batch_centroids(sums, counts)
         )
+        # a median needs every cell's distance in one place
+        whole = [
+            torch.from_numpy(distributed.gather_rows(t.numpy(), view.positions, view.n_total))
+            for t in (distances, batch, labels)
+        ]
+        return sums, counts, mixing.batch_spreads(*whole, n_batches, p.shape[1])
+
+    def _add_batch_offsets(self, view: DataView, n_old: int) -> None:
+        """Centroid sums, counts, spreads, offsets and scales of the batches ``n_old...``
+        from ``view``'s cells, measured against the reference's; the reference's own
+        stay as they were, so its embedding does not change."""
+        codes = torch.from_numpy(self._codes(view))
+        sums, counts, spreads = self._batch_statistics(view, codes, len(self.batch_categories))
         self.batch_sums = torch.cat([self.batch_sums, sums[n_old:]])
         self.batch_counts = torch.cat([self.batch_counts, counts[n_old:]])
-        new = mixing.batch_offsets(self.batch_sums, self.batch_counts, n_reference=n_old)
-        self.batch_offsets = torch.cat([self.batch_offsets, new[n_old:]])
+        self.batch_spreads = torch.cat([self.batch_spreads, spreads[n_old:]])
+        offsets = mixing.batch_offsets(self.batch_sums, self.batch_counts, n_reference=n_old)
+        self.batch_offsets = torch.cat([self.batch_offsets, offsets[n_old:]])
+        scales = mixing.batch_scales(self.batch_spreads, self.batch_counts, n_reference=n_old)
+        self.batch_scales = torch.cat([self.batch_scales, scales[n_old:]])
 
     # -- results ---------------------------------------------------------------------
 
@@ -342,11 +358,14 @@ class DeepBID:
         # memberships recomputed from the codes, not the trainer's (its last fuzzy
         # k-means step leaves them 1e-4 apart): the same cells get the same embedding
         # as training cells and when passed in again
+        scaled = self.settings.final_scaling
         return mixing.remove_offsets(
             codes,
             self._memberships(codes),
             torch.as_tensor(self._own_batches(view), dtype=torch.long),
             self.batch_offsets,
+            self.batch_scales if scaled else None,
+            mixing.batch_centroids(self.batch_sums, self.batch_counts) if scaled else None,
         ).numpy()
 
     def _p(self, view: DataView) -> np.ndarray:
@@ -392,9 +411,10 @@ class DeepBID:
             been measured in that batch. A list of names, or ``"average"`` for all
             the model's batches: the mean over decoding in each — expression with the
             batch effect removed, in no batch's particular scale. With the final
-            alignment, decoding in batch ``b`` starts from :meth:`latent`'s embedding
-            moved by ``b``'s offsets in the cell's clusters, so the batch effect the
-            codes carry is ``b``'s too.
+            alignment, decoding in batch ``b`` starts from the codes with their batch's
+            offsets removed (:meth:`latent` without the scaling), moved by ``b``'s
+            offsets in the cell's clusters, so the batch effect the codes carry is
+            ``b``'s too.
         library_size
             Counts per cell of the output; ``None``: the training data's median library
             size. (For log-normalised input, a multiple of the model's unit scale.)
@@ -457,6 +477,8 @@ class DeepBID:
             "batch_sums": self.batch_sums,
             "batch_counts": self.batch_counts,
             "batch_offsets": self.batch_offsets,
+            "batch_spreads": self.batch_spreads,
+            "batch_scales": self.batch_scales,
             "genes": list(self.genes),
             "batch_categories": list(self.batch_categories),
             "is_counts": self.is_counts,
@@ -508,6 +530,7 @@ class DeepBID:
         model.log_weights = state["log_weights"]
         model.batch_sums, model.batch_counts = state["batch_sums"], state["batch_counts"]
         model.batch_offsets = state["batch_offsets"]
+        model.batch_spreads, model.batch_scales = state["batch_spreads"], state["batch_scales"]
         model.genes, model.batch_categories = state["genes"], state["batch_categories"]
         model.is_counts, model.median_library = state["is_counts"], state["median_library"]
         model.batch_key, model.layer = state["batch_key"], state["layer"]

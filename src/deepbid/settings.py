@@ -109,6 +109,11 @@ class Settings:
         batch's trusted offset from the centroid of its clusters, weighted by its
         memberships (:func:`~deepbid.mixing.batch_offsets`). Memberships, clusters
         and denoised values are computed before it and do not change.
+    final_scaling
+        With ``final_alignment``, also scale each batch's cells in each cluster
+        about their centroid so that their median squared distance from it is the
+        clusters' (:func:`~deepbid.mixing.batch_scales`; not in the paper). The
+        embedding alone changes, as with the alignment.
     """
 
     hidden_dim: int = 500
@@ -134,6 +139,7 @@ class Settings:
     n_mixing_clusters: int | None = None
     input_dropout: float = 0.7
     final_alignment: bool = True
+    final_scaling: bool = True
 
     @classmethod
     def given(cls, **values) -> Settings:
