@@ -9,7 +9,8 @@ the inverse Simpson index of each such type's batch mix); median cLISI; seconds.
 
 ``--ablation`` runs the variants of the mixing term instead (no mixing term; the
 paper's KL2 over the K clusters; the fine partition toward the overall batch mix; the
-default without its final alignment; the default) and writes ``ablation.{csv,md}``.
+default without its final alignment, or without its scaling; the default) and writes
+``ablation.{csv,md}``.
 
     python benchmarks/quality.py                       # shared files + scenarios, 3 seeds
     python benchmarks/quality.py --ablation --seeds 1
@@ -67,6 +68,7 @@ ABLATION = {
         kappa2=0.0, kappa_local=20.0, local_target="global", kappa_align=0.0
     ),
     "default without the final alignment": dict(final_alignment=False),
+    "default without the final scaling": dict(final_scaling=False),
     "default": {},
 }
 

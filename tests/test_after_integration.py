@@ -1,6 +1,8 @@
 """After integration: batch-corrected expression, mapping new batches, label transfer,
 and a loaded model that is a whole model (in a fresh process)."""
 
+import copy
+import dataclasses
 import subprocess
 import sys
 import warnings
@@ -81,8 +83,21 @@ def test_one_row_per_cell_even_for_empty_cells(mixology, model):
     assert clusters.shape == (50,) and (clusters[[3, 7]] == -1).all()
     assert np.isnan(model.denoised(cells)[[3, 7]]).all()
     np.testing.assert_allclose(
-        np.delete(latent, [3, 7], 0), np.delete(model.latent(mixology[:50].copy()), [3, 7], 0)
+        np.delete(latent, [3, 7], 0),
+        np.delete(model.latent(mixology[:50].copy()), [3, 7], 0),
+        rtol=1e-6,  # float32 products over 48 or 50 rows round apart
     )
+
+
+def _spreads(latent, clusters, batch, k):
+    """Median squared distance ``(n_batches, k)`` of each batch's cells in each cluster
+    from their centroid (NaN under 20 cells)."""
+    out = np.full((batch.max() + 1, k), np.nan)
+    for b, k in np.ndindex(out.shape):
+        cells = latent[(batch == b) & (clusters == k)]
+        if len(cells) >= 20:
+            out[b, k] = np.median(((cells - cells.mean(axis=0)) ** 2).sum(axis=1))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +138,24 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_q
         return np.median(deepbid.metrics.lisi(np.vstack([latent_before, model.latent()]), batch))
 
     assert ilisi(mapped) > ilisi(model.map(query, epochs=0)) > 1.5
+    # the final scaling moves the query's cloud in each cluster toward the reference's
+    # spread, by the scale measured against the reference alone
+    query_batch = np.full(len(query), 2)
+    spreads = _spreads(
+        np.vstack([latent_before, mapped.latent()]),
+        np.r_[model.clusters(), mapped.clusters()],
+        np.r_[model.train_view.batch_codes, query_batch],
+        4,
+    )
+    unscaled = copy.copy(mapped)
+    unscaled.settings = dataclasses.replace(mapped.settings, final_scaling=False)
+    raw = _spreads(unscaled.latent(), mapped.clusters(), query_batch, 4)[2]
+    held = np.isfinite(raw)
+    scales = mapped.batch_scales[2].numpy()[held]
+    np.testing.assert_allclose(spreads[2, held] / raw[held], scales**2, rtol=0.05)
+    reference = np.nanmean(spreads[:2], axis=0)[held]
+    gap = lambda s: np.abs(np.log(s / reference)).sum()  # noqa: E731
+    assert gap(spreads[2, held]) < gap(raw[held])
     out = query.copy()
     write_results(out, mapped)
     assert out.obs["deepbid_cluster"].notna().all() and out.obsm["X_deepbid"].shape[0] == len(out)

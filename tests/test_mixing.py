@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from deepbid import cluster, mixing
+from deepbid.metrics import lisi
 
 
 def _latent(n_cells, n_batches, separated, seed=0, dim=8):
@@ -180,3 +181,83 @@ def test_remove_offsets_weights_each_cell_by_its_memberships():
         [h[j] - sum(p[j, k] * offsets[batch[j], k] for k in range(3)) for j in range(50)]
     )
     torch.testing.assert_close(mixing.remove_offsets(h, p, batch, offsets), expected)
+
+
+def test_batch_spreads_are_corrected_medians_per_batch_and_cluster():
+    rng = np.random.default_rng(0)
+    n = 400
+    distances = torch.tensor(rng.gamma(5.0, size=n), dtype=torch.float64)
+    batch = torch.tensor(rng.integers(0, 2, n))
+    labels = torch.tensor(rng.integers(0, 2, n))
+    labels[(batch == 1) & (labels == 1)] = 0
+    lone = int(torch.nonzero(batch == 1)[0, 0])
+    labels[lone] = 1  # batch 1 holds one cell of cluster 1
+    spreads = mixing.batch_spreads(distances, batch, labels, n_batches=3, k=2)
+    for b in range(2):
+        for k in range(2):
+            d = distances[(batch == b) & (labels == k)].numpy()
+            if d.size > 1:
+                expected = np.median(d) * d.size / (d.size - 1)
+                assert spreads[b, k].item() == pytest.approx(expected)
+    assert torch.isnan(spreads[1, 1])  # one cell: no spread
+    assert torch.isnan(spreads[2]).all()  # a batch without cells
+
+
+def test_batch_scales_bring_each_batch_to_the_reference_spread():
+    """Two reference batches of spreads 4 and 16 (mean 10), a query of spread 2.5:
+    each is scaled by sqrt(10 / its spread); the reference's scales are those it has
+    without the query; a missing spread leaves its batch unscaled, and a batch holding
+    a cluster far below its usual share is scaled only as far as it is trusted."""
+    counts = torch.full((3, 2), 100.0)
+    spreads = torch.tensor([[4.0, 1.0], [16.0, 1.0], [2.5, float("nan")]])
+    reference = mixing.batch_scales(spreads[:2], counts[:2])
+    both = mixing.batch_scales(spreads, counts, n_reference=2)
+    torch.testing.assert_close(both[:2], reference)
+    torch.testing.assert_close(both[:, 0], torch.tensor([10 / 4, 10 / 16, 10 / 2.5]).sqrt())
+    torch.testing.assert_close(both[:, 1], torch.ones(3))
+    rare = counts.clone()
+    rare[2, 0] = 10.0
+    trust = (10 / 210) / (110 / 510)
+    scale = mixing.batch_scales(spreads, rare, n_reference=2)[2, 0]
+    assert scale.item() == pytest.approx(1 + trust * (2.0 - 1), rel=1e-5)
+
+
+def test_remove_offsets_scales_each_cell_about_its_batch_centroids():
+    rng = np.random.default_rng(1)
+    h = torch.tensor(rng.normal(size=(50, 4)))
+    p = torch.softmax(torch.tensor(rng.normal(size=(50, 3))), dim=1)
+    batch = torch.tensor(rng.integers(0, 2, 50))
+    offsets = torch.tensor(rng.normal(size=(2, 3, 4)))
+    scales = torch.tensor(rng.uniform(0.5, 2.0, size=(2, 3)))
+    centroids = torch.tensor(rng.normal(size=(2, 3, 4)))
+
+    def moved(j, k):
+        b = batch[j]
+        return (scales[b, k] - 1) * (h[j] - centroids[b, k]) - offsets[b, k]
+
+    expected = torch.stack([h[j] + sum(p[j, k] * moved(j, k) for k in range(3)) for j in range(50)])
+    got = mixing.remove_offsets(h, p, batch, offsets, scales, centroids)
+    torch.testing.assert_close(got, expected)
+
+
+def test_scaling_mixes_a_batch_whose_cloud_is_tighter():
+    """One cluster in 100 dimensions, two batches around the same centre, one 10 %
+    tighter: in so many dimensions each batch's cells are their own nearest
+    neighbours; scaled to the common median spread, they mix."""
+    rng = np.random.default_rng(2)
+    h = torch.tensor(np.vstack([rng.normal(size=(300, 100)), 0.9 * rng.normal(size=(300, 100))]))
+    batch = torch.repeat_interleave(torch.tensor([0, 1]), 300)
+    p = torch.ones(600, 1, dtype=h.dtype)
+    labels = torch.zeros(600, dtype=torch.long)
+    sums, counts = mixing.batch_cluster_sums(h, p, batch, 2)
+    centroids = mixing.batch_centroids(sums, counts)
+    spreads = mixing.batch_spreads(
+        mixing.centroid_distances(h, labels, batch, centroids), batch, labels, 2, 1
+    )
+    scales = mixing.batch_scales(spreads, counts)
+    offsets = mixing.batch_offsets(sums, counts)
+    scaled = mixing.remove_offsets(h, p, batch, offsets, scales, centroids)
+    names = np.repeat(["a", "b"], 300)
+    before = np.median(lisi(h.numpy(), names))
+    after = np.median(lisi(scaled.numpy(), names))
+    assert before < 1.3 and after > 1.8
