@@ -1,5 +1,8 @@
 """The AnnData-facing API and the model class, on real cells with a small fast network."""
 
+import copy
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -158,3 +161,12 @@ def test_final_alignment_mixes_the_embedding_and_moves_nothing_else():
     before, after = models[False].latent(), models[True].latent()
     assert batch_share(after) < 0.2 * batch_share(before)
     assert ilisi(after) > ilisi(before) + 0.02  # 1.91 -> 1.95 with this small network
+    # the scaling reshapes the embedding alone: batch-corrected decoding starts from
+    # the codes with the offsets removed, with or without it
+    unscaled = copy.copy(models[True])
+    unscaled.settings = dataclasses.replace(unscaled.settings, final_scaling=False)
+    assert not np.array_equal(unscaled.latent(), after)
+    np.testing.assert_array_equal(
+        unscaled.denoised(transform_batch="average"),
+        models[True].denoised(transform_batch="average"),
+    )
