@@ -433,9 +433,10 @@ class DeepBID:
         if batches is None or not self.settings.final_alignment:
             means = denoise(self.module, codes, own, self.device, batches, size_factor)
         else:
-            # decoded in batch b from the aligned embedding moved by b's offsets: the
-            # latent part of the batch effect is b's too, and a cell decoded in its own
-            # batch gets back its own code
+            # decoded in batch b from the codes with their offsets removed, moved by b's
+            # offsets: the latent part of the batch effect is b's too, and a cell decoded
+            # in its own batch gets back its own code (no final scaling: decoding wants
+            # each batch's codes at their own spread)
             h = torch.from_numpy(codes)
             p = self._memberships(h)
             aligned = mixing.remove_offsets(h, p, torch.as_tensor(own), self.batch_offsets)
