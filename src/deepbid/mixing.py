@@ -229,8 +229,8 @@ def batch_scales(
 
     In the hundreds of latent dimensions the neighbours of a cell are set by the
     radius of each batch's cloud as much as by its centre: a batch whose cells lie
-    3 % closer to their centroid is every other batch's nearest neighbour and its
-    own.
+    a few per cent closer to their centroid is every other batch's nearest neighbour
+    and its own.
     """
     weights = _trust(counts)
     known = torch.isfinite(spreads)

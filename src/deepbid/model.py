@@ -24,7 +24,8 @@ from .settings import Settings, scaled_epochs
 from .train import Trainer, denoise, embed
 
 #: Version of the file :meth:`DeepBID.save` writes (3: the K estimation report, the
-#: given K and the encoder shifts of mapped batches).
+#: given K and the encoder shifts of mapped batches; 4: the final alignment's batch
+#: statistics; 5: its spreads and scales).
 FORMAT = 5
 
 
@@ -263,7 +264,7 @@ class DeepBID:
                     self.progress,
                 )
             )
-            mapped._add_batch_offsets(view, len(self.batch_categories))
+            mapped._add_batch_alignment(view, len(self.batch_categories))
         return mapped
 
     def _batch_statistics(
@@ -288,7 +289,7 @@ class DeepBID:
         ]
         return sums, counts, mixing.batch_spreads(*whole, n_batches, p.shape[1])
 
-    def _add_batch_offsets(self, view: DataView, n_old: int) -> None:
+    def _add_batch_alignment(self, view: DataView, n_old: int) -> None:
         """Centroid sums, counts, spreads, offsets and scales of the batches ``n_old...``
         from ``view``'s cells, measured against the reference's; the reference's own
         stay as they were, so its embedding does not change."""
