@@ -119,6 +119,24 @@ def reference_and_query():
 def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_query):
     reference, query = reference_and_query
     model = DeepBID(n_clusters=4, seed=0, **FAST).fit(reference, "batch")
+    # the spreads the scales aim at are each batch's hard clusters' radii about their
+    # own mean, in the codes before alignment
+    codes = copy.copy(model)
+    codes.settings = dataclasses.replace(model.settings, final_alignment=False)
+    own = _spreads(codes.latent(), model.clusters(), model.train_view.batch_codes, 4)
+    n = np.array(
+        [
+            [
+                ((model.train_view.batch_codes == b) & (model.clusters() == k)).sum()
+                for k in range(4)
+            ]
+            for b in range(2)
+        ]
+    )
+    held = np.isfinite(own)
+    np.testing.assert_allclose(
+        model.batch_spreads.numpy()[held], (own * n / (n - 1))[held], rtol=1e-3
+    )
     before = {name: p.detach().clone() for name, p in model.module.named_parameters()}
     latent_before = model.latent(reference)  # recomputed, as mapped.latent(reference) is
     mapped = model.map(query)

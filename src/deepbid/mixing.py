@@ -199,9 +199,9 @@ def batch_spreads(
     distances: torch.Tensor, batch: torch.Tensor, labels: torch.Tensor, n_batches: int, k: int
 ) -> torch.Tensor:
     """Median squared distance ``(n_batches, K)`` of each batch's cells in each cluster
-    from their centroid, from every cell's squared distance ``(n,)`` to the centroid
-    ``m_{b_j l_j}`` of its batch in its hard cluster ``labels`` ``(n,)``; NaN where a
-    batch holds fewer than two cells of a cluster.
+    from their mean, from every cell's squared distance ``(n,)`` to the mean of its
+    batch's cells in its hard cluster ``labels`` ``(n,)``; NaN where a batch holds
+    fewer than two cells of a cluster.
 
     A median, not a variance: a few outlying cells set a cluster's variance but not
     where most of its cells, and so their neighbours, lie. Times ``n / (n - 1)``, as
@@ -212,7 +212,7 @@ def batch_spreads(
     n = groups.size()
     spread = (groups.median() * n / (n - 1)).where(n > 1)
     out = torch.full((n_batches * k,), float("nan"), dtype=distances.dtype)
-    out[torch.as_tensor(spread.index.to_numpy())] = torch.as_tensor(
+    out[torch.tensor(spread.index.to_numpy())] = torch.as_tensor(
         spread.to_numpy(), dtype=distances.dtype
     )
     return out.reshape(n_batches, k)

@@ -273,14 +273,20 @@ class DeepBID:
         """Membership-weighted sums ``(n_batches, K, d)`` and counts ``(n_batches, K)`` of
         the ``(n, d)`` CPU codes of ``view``'s cells (of all processes) per batch and
         cluster, and the median squared distance ``(n_batches, K)`` of each batch's
-        cells in each cluster from their centroid."""
+        cells in each hard cluster from their own mean."""
         p = self._memberships(codes)
         batch = torch.as_tensor(view.batch_codes, dtype=torch.long)
         sums, counts = mixing.batch_cluster_sums(codes, p, batch, n_batches)
         sums, counts = distributed.all_sum(sums), distributed.all_sum(counts)
         labels = p.argmax(dim=1)
+        # the radius about the hard members' own mean: the soft centroid also leans
+        # toward other clusters' cells, by more in a fuzzier batch, and would count
+        # that lean as spread
+        hard = torch.nn.functional.one_hot(labels, p.shape[1]).to(p.dtype)
+        hard_sums, hard_counts = mixing.batch_cluster_sums(codes, hard, batch, n_batches)
+        hard_sums, hard_counts = distributed.all_sum(hard_sums), distributed.all_sum(hard_counts)
         distances = mixing.centroid_distances(
-            codes, labels, batch, mixing.batch_centroids(sums, counts)
+            codes, labels, batch, mixing.batch_centroids(hard_sums, hard_counts)
         )
         # a median needs every cell's distance in one place
         whole = [
