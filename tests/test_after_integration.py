@@ -168,10 +168,10 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_q
     unscaled = copy.copy(mapped)
     unscaled.settings = dataclasses.replace(mapped.settings, final_scaling=False)
     raw = _spreads(unscaled.latent(), mapped.clusters(), query_batch, 4)[2]
-    held = np.isfinite(raw)
+    held = np.isfinite(raw) & np.isfinite(spreads[:2]).any(axis=0)
     scales = mapped.batch_scales[2].numpy()[held]
     np.testing.assert_allclose(spreads[2, held] / raw[held], scales**2, rtol=0.05)
-    reference = np.nanmean(spreads[:2], axis=0)[held]
+    reference = np.nanmean(spreads[:2, held], axis=0)
     gap = lambda s: np.abs(np.log(s / reference)).sum()  # noqa: E731
     assert gap(spreads[2, held]) < gap(raw[held])
     out = query.copy()

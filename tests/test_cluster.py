@@ -68,6 +68,28 @@ def test_estimated_partition_finds_types_not_batches():
     assert labels.max() + 1 == 4
     assert metrics.ari(types, labels) > 0.95
     assert len(report["resolution"]) == 2 * len(k_estimate.RESOLUTIONS)
+    assert not any(report["outlier"])  # a scan that agrees with itself loses nothing
+
+
+def test_scan_outlier_cannot_win_on_silhouette(monkeypatch):
+    """Two groups of four close types (as endocrine and exocrine pancreas cells): the
+    two groups outscore the eight types on silhouette, but only the lowest resolution
+    of each graph finds them; the rest of the scan finds the types. The two-group
+    partition is an outlier of the scan and is not chosen."""
+    x, types, batches = blobs(n_per=30, n_types=8, n_batches=3, sep=1.0, shift=0.3, seed=2)
+    x[types >= 4] += 8.0
+    groups = (types >= 4).astype(np.int64)
+
+    def scan(graph, resolution, seed=0):
+        return groups if resolution == k_estimate.RESOLUTIONS[0] else types
+
+    monkeypatch.setattr(k_estimate, "leiden", scan)
+    labels, report = k_estimate.estimate_partition(x, batches, seed=0)
+    scores, lowest = np.array(report["score"]), np.array(report["resolution"]) == 0.05
+    assert scores[lowest].min() > scores[~lowest].max() + k_estimate.SILHOUETTE_TOLERANCE
+    assert not any(report["batch_split"])  # every type in every batch, equally: ties
+    assert report["outlier"] == lowest.tolist()
+    np.testing.assert_array_equal(labels, types)
 
 
 def test_type_held_by_one_batch_keeps_its_own_cluster():

@@ -6,7 +6,10 @@ codes: the plain kNN graph, and a batch-balanced one (every cell linked to its
 nearest cells *in every batch*). It scores each partition by how well it
 separates cells within their own batch (mean within-batch silhouette) and
 keeps the finest partition whose score is within
-:data:`SILHOUETTE_TOLERANCE` of the best. Each graph covers the other's
+:data:`SILHOUETTE_TOLERANCE` of the best. Silhouette favours the coarsest
+strong division, so a partition the rest of the scan does not reproduce (an
+outlier by Tukey's fence on its mean ARI with the other partitions,
+:func:`scan_outliers`) is not chosen however it scores. Each graph covers the other's
 failure: the balanced graph joins a type that only one batch holds to its
 nearest type of another batch (DC: CD141 and CD1C cells), the plain graph
 divides types by batch where the batch effect is strong. The within-batch
@@ -28,7 +31,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
 from . import distributed
@@ -172,6 +175,11 @@ def estimate_partition(h: np.ndarray, batch: np.ndarray, seed: int) -> tuple[np.
     # a partition that only divides some clusters of a coarser one by batch scores
     # as well within batches as the coarser one; it must not win as "finer"
     scores[report["batch_split"]] = -np.inf
+    # silhouette favours the coarsest strong division (endocrine against exocrine
+    # pancreas cells, say): one low resolution can outscore the types that the rest
+    # of the scan finds again and again
+    report["agreement"], report["outlier"] = scan_outliers(partitions, np.isfinite(scores))
+    scores[report["outlier"]] = -np.inf
     # the finest partition whose score is within noise of the best: merging two
     # real cell types is worse than splitting one, which a user can undo
     near_best = np.flatnonzero(scores >= scores.max() - SILHOUETTE_TOLERANCE)
@@ -179,6 +187,42 @@ def estimate_partition(h: np.ndarray, batch: np.ndarray, seed: int) -> tuple[np.
     chosen = int(finest[np.argmax(scores[finest])])
     report["chosen"] = chosen
     return partitions[chosen], report
+
+
+def scan_outliers(
+    partitions: list[np.ndarray], candidate: np.ndarray
+) -> tuple[list[float], list[bool]]:
+    """Each partition's agreement with the scan, and whether it is an outlier of it.
+
+    A candidate's agreement is its mean ARI with the other candidates of two or
+    more clusters; it is an outlier below Tukey's lower fence of those agreements
+    (first quartile minus 1.5 interquartile ranges). With fewer than three such
+    candidates nothing is an outlier.
+
+    Parameters
+    ----------
+    partitions
+        ``(n,)`` integer labels of every partition of the scan.
+    candidate
+        ``(n_partitions,)`` bool: which partitions may be chosen (not batch splits).
+
+    Returns
+    -------
+    ``(agreement, outlier)``, one entry per partition (agreement NaN and outlier
+    ``False`` for non-candidates and partitions of one cluster).
+    """
+    voters = [i for i, labels in enumerate(partitions) if candidate[i] and labels.max() > 0]
+    agreement = np.full(len(partitions), np.nan)
+    outlier = np.zeros(len(partitions), dtype=bool)
+    if len(voters) < 3:
+        return agreement.tolist(), outlier.tolist()
+    ari = np.eye(len(voters))
+    for a, b in zip(*np.triu_indices(len(voters), 1), strict=True):
+        ari[a, b] = ari[b, a] = adjusted_rand_score(partitions[voters[a]], partitions[voters[b]])
+    agreement[voters] = (ari.sum(axis=1) - 1) / (len(voters) - 1)
+    q1, q3 = np.quantile(agreement[voters], [0.25, 0.75])
+    outlier[voters] = agreement[voters] < q1 - 1.5 * (q3 - q1)
+    return agreement.tolist(), outlier.tolist()
 
 
 def splits_by_batch(
@@ -229,7 +273,9 @@ def splits_by_batch(
         table = np.zeros((batch.max() + 1, n_fine))
         np.add.at(table, (batch[inside], finer[inside]), 1)
         table = table[:, parts]
+        # a tie is no batch's own part: the tied parts share that batch
         largest = table == table.max(axis=1, keepdims=True)
+        largest &= largest.sum(axis=1, keepdims=True) == 1
         if ((table * largest).sum(axis=0) / table.sum(axis=0) < share).any():
             return False
         gaps.append(_spread(x[inside], finer[inside]))
