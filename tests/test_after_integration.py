@@ -126,15 +126,8 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_q
     codes = copy.copy(model)
     codes.settings = dataclasses.replace(model.settings, final_alignment=False)
     own = _spreads(codes.latent(), model.clusters(), model.train_view.batch_codes, 4)
-    n = np.array(
-        [
-            [
-                ((model.train_view.batch_codes == b) & (model.clusters() == k)).sum()
-                for k in range(4)
-            ]
-            for b in range(2)
-        ]
-    )
+    n = np.zeros((2, 4))
+    np.add.at(n, (model.train_view.batch_codes, model.clusters()), 1)
     held = np.isfinite(own)
     np.testing.assert_allclose(
         model.batch_spreads.numpy()[held], (own * n / (n - 1))[held], rtol=1e-3

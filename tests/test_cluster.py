@@ -85,7 +85,10 @@ def test_scan_outlier_cannot_win_on_silhouette(monkeypatch):
 
     monkeypatch.setattr(k_estimate, "leiden", scan)
     labels, report = k_estimate.estimate_partition(x, batches, seed=0)
-    scores, lowest = np.array(report["score"]), np.array(report["resolution"]) == 0.05
+    scores, lowest = (
+        np.array(report["score"]),
+        np.array(report["resolution"]) == k_estimate.RESOLUTIONS[0],
+    )
     assert scores[lowest].min() > scores[~lowest].max() + k_estimate.SILHOUETTE_TOLERANCE
     assert not any(report["batch_split"])  # every type in every batch, equally: ties
     assert report["outlier"] == lowest.tolist()
