@@ -132,6 +132,15 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_q
     np.testing.assert_allclose(
         model.batch_spreads.numpy()[held], (own * n / (n - 1))[held], rtol=1e-3
     )
+    # the alignment removes batch offsets, not the batches' mix of types: counting each
+    # cell in its own cluster alone, it mixes the reference's batches better than its
+    # codes (with soft centroids, which lean toward the other clusters in proportion to
+    # each batch's mix, median iLISI fell from 1.62 to 1.02 here)
+    reference_batch = reference.obs["batch"].astype(str).to_numpy()
+    aligned, raw = (
+        np.median(deepbid.metrics.lisi(m.latent(), reference_batch)) for m in (model, codes)
+    )
+    assert aligned > raw
     before = {name: p.detach().clone() for name, p in model.module.named_parameters()}
     latent_before = model.latent(reference)  # recomputed, as mapped.latent(reference) is
     mapped = model.map(query)
@@ -172,17 +181,21 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_q
     unscaled.settings = dataclasses.replace(mapped.settings, final_scaling=False)
     raw = _spreads(unscaled.latent(), mapped.clusters(), query_batch, 4)[2]
     held = np.isfinite(raw) & np.isfinite(spreads[:2]).any(axis=0)
-    # a cell held by one cluster alone is scaled about its centroid by exactly that
-    # cluster's scale (the others get a membership-weighted mix of scales)
-    sure = np.where(mapped.membership().max(axis=1) > 0.99, mapped.clusters(), -1)
+    # with every cell held by one cluster (temperature -> 0) each batch's cloud in a
+    # cluster is scaled about its centroid by exactly that cluster's stored scale
+    sharp = copy.copy(mapped)
+    sharp.temperature = 1e-6 * mapped.temperature
+    sharp_unscaled = copy.copy(sharp)
+    sharp_unscaled.settings = unscaled.settings
+    hard = sharp.membership(query).argmax(axis=1)
     ratio = (
-        _spreads(mapped.latent(), sure, query_batch, 4)[2]
-        / _spreads(unscaled.latent(), sure, query_batch, 4)[2]
+        _spreads(sharp.latent(query), hard, query_batch, 4)[2]
+        / _spreads(sharp_unscaled.latent(query), hard, query_batch, 4)[2]
     )
     measured = np.isfinite(ratio)
-    assert measured.any()
+    assert measured.sum() >= 2
     scales = mapped.batch_scales[2].numpy()
-    np.testing.assert_allclose(ratio[measured], scales[measured] ** 2, rtol=1e-3)
+    np.testing.assert_allclose(ratio[measured], scales[measured] ** 2, rtol=1e-5)
     reference = np.nanmean(spreads[:2, held], axis=0)
     gap = lambda s: np.abs(np.log(s / reference)).sum()  # noqa: E731
     assert gap(spreads[2, held]) < gap(raw[held])

@@ -270,19 +270,23 @@ class DeepBID:
     def _batch_statistics(
         self, view: DataView, codes: torch.Tensor, n_batches: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Membership-weighted sums ``(n_batches, K, d)`` and counts ``(n_batches, K)`` of
-        the ``(n, d)`` CPU codes of ``view``'s cells (of all processes) per batch and
-        cluster, and the median squared distance ``(n_batches, K)`` of each batch's
-        cells in each hard cluster from their own mean."""
+        """Sums ``(n_batches, K, d)`` and counts ``(n_batches, K)`` of the ``(n, d)`` CPU
+        codes of ``view``'s cells (of all processes) per batch and cluster, each cell
+        counted in its hard cluster with the weight of its membership there, and the
+        median squared distance ``(n_batches, K)`` of each batch's cells in each hard
+        cluster from their own mean."""
         p = self._memberships(codes)
         batch = torch.as_tensor(view.batch_codes, dtype=torch.long)
-        sums, counts = mixing.batch_cluster_sums(codes, p, batch, n_batches)
-        sums, counts = distributed.all_sum(sums), distributed.all_sum(counts)
         labels = p.argmax(dim=1)
-        # the radius about the hard members' own mean: the soft centroid also leans
-        # toward other clusters' cells, by more in a fuzzier batch, and would count
-        # that lean as spread
         hard = torch.nn.functional.one_hot(labels, p.shape[1]).to(p.dtype)
+        # a cell's small memberships in other clusters would pull each soft centroid
+        # toward them by that share of the distance between clusters, in proportion
+        # to the batch's mix of types: an offset that is composition, which removing
+        # separates the batches. The weight of a cell in its own cluster keeps the
+        # core of each cluster ahead of its edge.
+        sums, counts = mixing.batch_cluster_sums(codes, p * hard, batch, n_batches)
+        sums, counts = distributed.all_sum(sums), distributed.all_sum(counts)
+        # spreads about the hard members' unweighted mean: a radius counts every cell
         hard_sums, hard_counts = mixing.batch_cluster_sums(codes, hard, batch, n_batches)
         hard_sums, hard_counts = distributed.all_sum(hard_sums), distributed.all_sum(hard_counts)
         distances = mixing.centroid_distances(
