@@ -1,0 +1,115 @@
+"""The final alignment's batch centroids: counted over each cell's own cluster, or softly.
+
+The final alignment (step 7 of README "What deepbid does") moves each batch's cells in each
+cluster by the batch's offset from the cluster's centroid. deepbid counts each cell in its
+hard cluster alone, weighted by its membership there (``own cluster``). The alternative it
+replaced counts every cell in every cluster by its membership (``soft``), so a centroid also
+leans toward the other clusters by the memberships' small rest, in proportion to each
+batch's mix of types. Both are computed on the same fitted model (the clusters, memberships
+and codes do not depend on them), and scored by median iLISI of ``latent()``; ``codes`` is
+the embedding without the alignment, ``offsets only`` leaves out the scaling.
+
+Data: the mapping test's reference (``simulate(n_cells=1500, n_genes=1000, n_batches=3,
+n_types=4, batch_strength=0.4, de_strength=3.0, de_fraction=0.2)`` without ``batch2``),
+fitted briefly (``FAST`` of ``tests/conftest.py``: 4 clustering epochs, latent 16) with the
+true K = 4, one fit per seed. Fully trained fits: compare ``quality.csv`` before and after
+the change (README, "Final-alignment centroids").
+
+    python benchmarks/alignment_centroids.py             # seeds 0-5, about a minute
+
+Writes results/alignment_centroids.csv and .md (with the commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from mapping import markdown_table, save
+
+from deepbid import DeepBID, metrics, mixing
+from deepbid.datasets import simulate
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from conftest import FAST  # noqa: E402
+
+
+def soft_centroids(model: DeepBID) -> DeepBID:
+    """``model`` with its training batches' offsets from membership-weighted sums over all
+    clusters (the scales and spreads kept)."""
+    codes = torch.from_numpy(model._codes(model.train_view))
+    batch = torch.as_tensor(model.train_view.batch_codes, dtype=torch.long)
+    soft = copy.copy(model)
+    soft.batch_sums, soft.batch_counts = mixing.batch_cluster_sums(
+        codes, model._memberships(codes), batch, model.train_view.n_batches
+    )
+    soft.batch_offsets = mixing.batch_offsets(soft.batch_sums, soft.batch_counts)
+    return soft
+
+
+def score(seed: int) -> dict[str, float]:
+    """Median iLISI of one fit's embedding with each way of counting the centroids."""
+    adata = simulate(
+        n_cells=1500,
+        n_genes=1000,
+        n_batches=3,
+        n_types=4,
+        batch_strength=0.4,
+        de_strength=3.0,
+        de_fraction=0.2,
+    )
+    reference = adata[(adata.obs["batch"] != "batch2").to_numpy()].copy()
+    model = DeepBID(n_clusters=4, seed=seed, **FAST).fit(reference, "batch")
+    batch = reference.obs["batch"].astype(str).to_numpy()
+
+    def ilisi(m: DeepBID, **settings: bool) -> float:
+        m = copy.copy(m)
+        m.settings = dataclasses.replace(m.settings, **settings)
+        return float(np.median(metrics.lisi(m.latent(), batch)))
+
+    soft = soft_centroids(model)
+    return {
+        "seed": seed,
+        "ari": metrics.ari(reference.obs["cell_type"].astype(str), model.clusters()),
+        "median_membership": float(np.median(model.membership().max(axis=1))),
+        "ilisi_codes": ilisi(model, final_alignment=False),
+        "ilisi_soft_offsets_only": ilisi(soft, final_scaling=False),
+        "ilisi_soft": ilisi(soft),
+        "ilisi_own_offsets_only": ilisi(model, final_scaling=False),
+        "ilisi_own_cluster": ilisi(model),
+    }
+
+
+def markdown(results: pd.DataFrame) -> str:
+    first = results.iloc[0]
+    table = results.set_index("seed").drop(
+        columns=["commit", "date", "cores", "versions"], errors="ignore"
+    )
+    return (
+        f"commit {first['commit']}, {first['date']}, {first['cores']} cores; the mapping "
+        "test's reference fitted with FAST settings and K = 4 given; median iLISI (of 2) "
+        "of one fit per seed with each way of counting the final alignment's centroids.\n\n"
+        + markdown_table(table)
+        + "\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(6)))
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    save([score(seed) for seed in args.seeds], args.out, "alignment_centroids", markdown)
+
+
+if __name__ == "__main__":
+    main()
