@@ -12,12 +12,15 @@ the embedding without the alignment, ``offsets only`` leaves out the scaling.
 Data: the mapping test's reference (``simulate(n_cells=1500, n_genes=1000, n_batches=3,
 n_types=4, batch_strength=0.4, de_strength=3.0, de_fraction=0.2)`` without ``batch2``),
 fitted briefly (``FAST`` of ``tests/conftest.py``: 4 clustering epochs, latent 16) with the
-true K = 4, one fit per seed. Fully trained fits: compare ``quality.csv`` before and after
-the change (README, "Final-alignment centroids").
+true K = 4, one fit per seed. ``--trained``: every file and scenario of ``quality.py``
+instead, fitted with the defaults (K estimated), seed 0; it adds median cLISI and k-means
+with the true K on each embedding.
 
     python benchmarks/alignment_centroids.py             # seeds 0-5, about a minute
+    python benchmarks/alignment_centroids.py --trained   # 8 sets, seed 0
 
-Writes results/alignment_centroids.csv and .md (with the commit).
+Writes results/alignment_centroids.csv and .md (``alignment_centroids_trained.*`` with
+``--trained``), with the commit.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ import sys
 import warnings
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
 from mapping import markdown_table, save
+from quality import datasets
+from sklearn.cluster import KMeans
 
 from deepbid import DeepBID, metrics, mixing
 from deepbid.datasets import simulate
@@ -55,8 +61,8 @@ def soft_centroids(model: DeepBID) -> DeepBID:
     return soft
 
 
-def score(seed: int) -> dict[str, float]:
-    """Median iLISI of one fit's embedding with each way of counting the centroids."""
+def briefly_trained(seed: int) -> tuple[DeepBID, ad.AnnData]:
+    """The mapping test's reference, fitted with FAST settings and K = 4."""
     adata = simulate(
         n_cells=1500,
         n_genes=1000,
@@ -67,18 +73,27 @@ def score(seed: int) -> dict[str, float]:
         de_fraction=0.2,
     )
     reference = adata[(adata.obs["batch"] != "batch2").to_numpy()].copy()
-    model = DeepBID(n_clusters=4, seed=seed, **FAST).fit(reference, "batch")
-    batch = reference.obs["batch"].astype(str).to_numpy()
+    return DeepBID(n_clusters=4, seed=seed, **FAST).fit(reference, "batch"), reference
 
-    def ilisi(m: DeepBID, **settings: bool) -> float:
+
+def score(model: DeepBID, adata: ad.AnnData, trained: bool) -> dict[str, float]:
+    """Median iLISI of one fit's embedding with each way of counting the centroids (with
+    ``trained``, also cLISI and k-means with the true K)."""
+    cells = model.train_view.cells
+    batch = adata.obs["batch"].astype(str).to_numpy()[cells]
+    labels = adata.obs["cell_type"].astype(str).to_numpy()[cells]
+
+    def latent(m: DeepBID, **settings: bool) -> np.ndarray:
         m = copy.copy(m)
         m.settings = dataclasses.replace(m.settings, **settings)
-        return float(np.median(metrics.lisi(m.latent(), batch)))
+        return m.latent()
+
+    def ilisi(m: DeepBID, **settings: bool) -> float:
+        return float(np.median(metrics.lisi(latent(m, **settings), batch)))
 
     soft = soft_centroids(model)
-    return {
-        "seed": seed,
-        "ari": metrics.ari(reference.obs["cell_type"].astype(str), model.clusters()),
+    row = {
+        "ari": metrics.ari(labels, model.clusters()),
         "median_membership": float(np.median(model.membership().max(axis=1))),
         "ilisi_codes": ilisi(model, final_alignment=False),
         "ilisi_soft_offsets_only": ilisi(soft, final_scaling=False),
@@ -86,29 +101,53 @@ def score(seed: int) -> dict[str, float]:
         "ilisi_own_offsets_only": ilisi(model, final_scaling=False),
         "ilisi_own_cluster": ilisi(model),
     }
+    if trained:
+        n_types = np.unique(labels).size
+        for name, m in (("soft", soft), ("own_cluster", model)):
+            x = latent(m)
+            row[f"clisi_{name}"] = float(np.median(metrics.lisi(x, labels)))
+            kmeans = KMeans(n_types, n_init=10, random_state=0).fit_predict(x)
+            row[f"ari_kmeans_true_k_{name}"] = metrics.ari(labels, kmeans)
+    return row
 
 
 def markdown(results: pd.DataFrame) -> str:
     first = results.iloc[0]
-    table = results.set_index("seed").drop(
-        columns=["commit", "date", "cores", "versions"], errors="ignore"
+    key = "dataset" if "dataset" in results else "seed"
+    table = results.set_index(key).drop(
+        columns=["seed", "commit", "date", "cores", "versions"], errors="ignore"
+    )
+    data = (
+        "every file and scenario of quality.py, defaults, K estimated, seed 0"
+        if key == "dataset"
+        else "the mapping test's reference fitted with FAST settings and K = 4 given"
     )
     return (
-        f"commit {first['commit']}, {first['date']}, {first['cores']} cores; the mapping "
-        "test's reference fitted with FAST settings and K = 4 given; median iLISI (of 2) "
-        "of one fit per seed with each way of counting the final alignment's centroids.\n\n"
-        + markdown_table(table)
-        + "\n"
+        f"commit {first['commit']}, {first['date']}, {first['cores']} cores; {data}; "
+        "median iLISI of one fit each with each way of counting the final alignment's "
+        "centroids.\n\n" + markdown_table(table) + "\n"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(6)))
+    parser.add_argument("--trained", action="store_true", help="every quality.py set, seed 0")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    save([score(seed) for seed in args.seeds], args.out, "alignment_centroids", markdown)
+    rows = []
+    if args.trained:
+        for name, load in datasets(None).items():
+            adata = load()
+            model = DeepBID(seed=0, progress=False).fit(adata, "batch")
+            rows.append({"dataset": name, "seed": 0, **score(model, adata, True)})
+            print(rows[-1], flush=True)
+    else:
+        for seed in args.seeds:
+            rows.append({"seed": seed, **score(*briefly_trained(seed), False)})
+    stem = "alignment_centroids" + ("_trained" if args.trained else "")
+    save(rows, args.out, stem, markdown)
 
 
 if __name__ == "__main__":
