@@ -9,8 +9,7 @@ batch's mix of types. Both are computed on the same fitted model (the clusters, 
 and codes do not depend on them), and scored by median iLISI of ``latent()``; ``codes`` is
 the embedding without the alignment, ``offsets only`` leaves out the scaling.
 
-Data: the mapping test's reference (``simulate(n_cells=1500, n_genes=1000, n_batches=3,
-n_types=4, batch_strength=0.4, de_strength=3.0, de_fraction=0.2)`` without ``batch2``),
+Data: the mapping test's reference (``reference_and_query_data`` of ``tests/conftest.py``),
 fitted briefly (``FAST`` of ``tests/conftest.py``: 4 clustering epochs, latent 16) with the
 true K = 4, one fit per seed. ``--trained``: every file and scenario of ``quality.py``
 instead, fitted with the defaults (K estimated), seed 0; it adds median cLISI and k-means
@@ -41,11 +40,10 @@ from quality import datasets
 from sklearn.cluster import KMeans
 
 from deepbid import DeepBID, metrics, mixing
-from deepbid.datasets import simulate
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from conftest import FAST  # noqa: E402
+from conftest import FAST, reference_and_query_data  # noqa: E402
 
 
 def soft_centroids(model: DeepBID) -> DeepBID:
@@ -63,16 +61,7 @@ def soft_centroids(model: DeepBID) -> DeepBID:
 
 def briefly_trained(seed: int) -> tuple[DeepBID, ad.AnnData]:
     """The mapping test's reference, fitted with FAST settings and K = 4."""
-    adata = simulate(
-        n_cells=1500,
-        n_genes=1000,
-        n_batches=3,
-        n_types=4,
-        batch_strength=0.4,
-        de_strength=3.0,
-        de_fraction=0.2,
-    )
-    reference = adata[(adata.obs["batch"] != "batch2").to_numpy()].copy()
+    reference, _ = reference_and_query_data()
     return DeepBID(n_clusters=4, seed=seed, **FAST).fit(reference, "batch"), reference
 
 

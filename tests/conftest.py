@@ -4,7 +4,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from deepbid.datasets import mixology_3cl
+from deepbid.datasets import mixology_3cl, simulate
 
 #: Small network and short schedule so that a full fit takes seconds on a CPU.
 FAST = dict(
@@ -33,3 +33,18 @@ def small(mixology) -> ad.AnnData:
     sub = mixology[cells].copy()
     detected = np.asarray((sub.X > 0).sum(axis=0)).ravel() >= 10
     return sub[:, detected].copy()
+
+
+def reference_and_query_data() -> tuple[ad.AnnData, ad.AnnData]:
+    """Simulated: 3 batches; batch2 held out as the query (a batch never trained on)."""
+    adata = simulate(
+        n_cells=1500,
+        n_genes=1000,
+        n_batches=3,
+        n_types=4,
+        batch_strength=0.4,
+        de_strength=3.0,
+        de_fraction=0.2,
+    )
+    query_cells = (adata.obs["batch"] == "batch2").to_numpy()
+    return adata[~query_cells].copy(), adata[query_cells].copy()

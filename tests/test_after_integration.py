@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from conftest import FAST
+from conftest import FAST, reference_and_query_data
 
 import deepbid
 from deepbid import DeepBID, InputError, InputWarning
@@ -104,18 +104,7 @@ def _spreads(latent, clusters, batch, k):
 
 @pytest.fixture(scope="module")
 def reference_and_query():
-    """Simulated: 3 batches; batch2 held out as the query (a batch never trained on)."""
-    adata = simulate(
-        n_cells=1500,
-        n_genes=1000,
-        n_batches=3,
-        n_types=4,
-        batch_strength=0.4,
-        de_strength=3.0,
-        de_fraction=0.2,
-    )
-    query_cells = (adata.obs["batch"] == "batch2").to_numpy()
-    return adata[~query_cells].copy(), adata[query_cells].copy()
+    return reference_and_query_data()
 
 
 def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_query):
