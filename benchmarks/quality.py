@@ -177,6 +177,7 @@ def runs(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one on")
     parser.add_argument("--only", nargs="+", help="dataset or scenario names")
     parser.add_argument("--ablation", action="store_true", help="compare mixing-term variants")
     parser.add_argument(
@@ -197,7 +198,7 @@ def main() -> None:
     rows = []
     for name, load in datasets(args.only).items():
         adata = load()
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 scores = runs(adata, seed, variants, after)
