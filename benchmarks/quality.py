@@ -78,7 +78,7 @@ AFTER_TRAINING = {
     "default without the final scaling": dict(final_scaling=False),
 }
 #: Row order of the ablation table.
-ABLATION_ORDER = [*list(ABLATION)[:-1], *AFTER_TRAINING, "default"]
+ABLATION_ORDER = [*(v for v in ABLATION if v != "default"), *AFTER_TRAINING, "default"]
 
 
 def provenance() -> dict[str, str | int]:
@@ -170,7 +170,6 @@ def runs(
             for late, flags in after.items():
                 model.settings = dataclasses.replace(fitted, **flags)
                 scores[late] = score(model, adata, seed, seconds)
-            model.settings = fitted
     return scores
 
 
