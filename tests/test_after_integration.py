@@ -122,14 +122,15 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_q
         model.batch_spreads.numpy()[held], (own * n / (n - 1))[held], rtol=1e-3
     )
     # the alignment removes batch offsets, not the batches' mix of types: counting each
-    # cell in its own cluster alone, it mixes the reference's batches better than its
-    # codes (with soft centroids, which lean toward the other clusters in proportion to
-    # each batch's mix, median iLISI fell from 1.62 to 1.02 here)
+    # cell in its own cluster alone, it does not pull the reference's batches apart (with
+    # soft centroids, which lean toward the other clusters in proportion to each batch's
+    # mix, median iLISI fell from 1.62 to 1.02 on this reference under training-time
+    # L_align; without it the codes are already mixed, 1.79 of 2, and stay so)
     reference_batch = reference.obs["batch"].astype(str).to_numpy()
     aligned, raw = (
         np.median(deepbid.metrics.lisi(m.latent(), reference_batch)) for m in (model, codes)
     )
-    assert aligned > raw
+    assert aligned > raw - 0.05
     before = {name: p.detach().clone() for name, p in model.module.named_parameters()}
     latent_before = model.latent(reference)  # recomputed, as mapped.latent(reference) is
     mapped = model.map(query)

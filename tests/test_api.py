@@ -36,7 +36,7 @@ def test_integrate_writes_documented_keys(fitted):
     assert list(denoised.columns) == genes and out.var["deepbid_gene"].sum() == len(genes)
     assert np.isfinite(denoised.to_numpy()).all() and (denoised.to_numpy() > 0).all()
     history = out.uns["deepbid"]["history"]
-    for term in ("nb", "kmeans", "weights", "kl_within", "kl_mix", "total"):
+    for term in ("nb", "kmeans", "weights", "kl_within", "kl_local", "total"):
         assert len(history["cluster"][term]) == FAST["epochs"]
     assert out.uns["deepbid"]["settings"]["n_clusters"] == 3
 

@@ -23,10 +23,17 @@ class Bar:
         pass
 
 
+#: Every mixing term switched on (the defaults leave ``kappa2`` and ``kappa_align`` off).
+ALL_TERMS = dict(kappa2=2.0, kappa_local=20.0, kappa_align=100.0)
+
+
 def _trainer(small, **overrides):
-    """The small network and short schedule of the other tests (``FAST``)."""
+    """The small network and short schedule of the other tests (``FAST``), with every
+    term of the objective on unless ``overrides`` switch it off."""
     settings = Settings.given(
-        **{k: v for k, v in FAST.items() if k != "progress"}, n_mixing_clusters=12, **overrides
+        **{k: v for k, v in FAST.items() if k != "progress"},
+        n_mixing_clusters=12,
+        **{**ALL_TERMS, **overrides},
     )
     view = prepare(small, "batch", n_top_genes=settings.n_top_genes)
     settings = settings.for_cells(view.n_cells)

@@ -78,15 +78,18 @@ class Settings:
         Weight of the within-batch self-training KL (eq. 7-9).
     kappa2
         Weight of the paper's batch-mixing KL (eq. 10) over the K clusters: every
-        cluster toward the overall batch mix.
+        cluster toward the overall batch mix. Off by default: ``kappa_local``'s term
+        mixes the same way at a finer scale, and adding this one lowered the mean
+        ablation score (README, "Ablation").
     kappa_local
         Weight of the batch-mixing KL over a fine partition of the latent space:
         every small neighbourhood toward the batch mix of ``local_target``.
     local_target
         ``"cluster"``: the batch mix of the cluster holding the neighbourhood
         (batches mix inside a cell type; a type that only some batches hold is not
-        pushed into the others); ``"global"``: the overall batch mix (Harmony's
-        diversity penalty; deepbid 0.1's term).
+        pushed into the others); ``"global"`` (default): the overall batch mix
+        (Harmony's diversity penalty; deepbid 0.1's term), which kept the
+        batch-specific types of every benchmark scenario apart.
     local_membership
         Mean membership of cells in their own fine cluster, which sets the temperature
         of the fine memberships: lower spreads each cell over the neighbouring
@@ -94,7 +97,9 @@ class Settings:
     kappa_align
         Weight of the share of latent variance that batch explains inside the K
         clusters (:class:`~deepbid.mixing.BatchAlignment`): moves each batch's cells
-        of a cluster onto the cluster's centroid.
+        of a cluster onto the cluster's centroid during training. Off by default: its
+        soft centroids pulled close types together (README, "Ablation"); the final
+        alignment does this job on the trained embedding instead.
     weighted_memberships
         Weight eq. (14) by the clusters' proportions, as a mixture model does.
     n_mixing_clusters
@@ -104,8 +109,8 @@ class Settings:
         Share of input entries zeroed (the rest scaled up to keep the mean) in each
         minibatch of the decoder phase.
     final_alignment
-        Remove from the integrated embedding the offsets that ``kappa_align``'s term
-        leaves at the end of training (not in the paper): each cell moves by its
+        Remove from the integrated embedding the batch offsets left at the end of
+        training (not in the paper): each cell moves by its
         batch's trusted offset from the centroid of its clusters, weighted by its
         memberships (:func:`~deepbid.mixing.batch_offsets`). Memberships, clusters
         and denoised values are computed before it and do not change.
@@ -130,11 +135,11 @@ class Settings:
     lambda1: float | None = None
     lambda2: float | None = None
     kappa1: float = 0.01
-    kappa2: float = 2.0
+    kappa2: float = 0.0
     kappa_local: float = 20.0
-    local_target: str = "cluster"
+    local_target: str = "global"
     local_membership: float = 0.95
-    kappa_align: float = 100.0
+    kappa_align: float = 0.0
     weighted_memberships: bool = True
     n_mixing_clusters: int | None = None
     input_dropout: float = 0.7
