@@ -97,9 +97,10 @@ class Settings:
     kappa_align
         Weight of the share of latent variance that batch explains inside the K
         clusters (:class:`~deepbid.mixing.BatchAlignment`): moves each batch's cells
-        of a cluster onto the cluster's centroid during training. Off by default: its
-        soft centroids pulled close types together (README, "Ablation"); the final
-        alignment does this job on the trained embedding instead.
+        of a cluster onto the cluster's centroid during training. Off by default:
+        trained with it (previous default, 3 seeds), the strong-batch scenario lost a
+        type on every seed and the dominant-type scenario on one (README, "Ablation");
+        the final alignment removes the batch offsets on the trained embedding instead.
     weighted_memberships
         Weight eq. (14) by the clusters' proportions, as a mixture model does.
     n_mixing_clusters
