@@ -141,6 +141,8 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_q
     # only the new batch's parameters were trained
     shift = mapped.module.batch_shift.detach()
     assert (shift[:2] == 0).all() and (shift[2] != 0).any()
+    # the weights held fixed while mapping are trainable again afterwards
+    assert all(p.requires_grad for p in mapped.module.parameters())
     labels = query.obs["cell_type"].astype(str).to_numpy()
     assert deepbid.metrics.ari(labels, mapped.clusters()) > 0.7
     # training the new batch's shift moves the query's codes onto the reference's

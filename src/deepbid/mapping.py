@@ -78,6 +78,12 @@ def train_new_batches(
             "align": losses.centroid_alignment(h, centres, p),
         }
 
+    # only the new batch's parameters need gradients: without this, every step would
+    # also compute the gradient of each weight of the network, most of its backward
+    trained = {id(param) for param in params}
+    frozen = [p for p in module.parameters() if p.requires_grad and id(p) not in trained]
+    for param in frozen:
+        param.requires_grad_(False)
     trainer = Trainer(module, settings, device, seed)
     try:
         with tqdm(
@@ -87,4 +93,6 @@ def train_new_batches(
     finally:
         for handle in handles:
             handle.remove()
+        for param in frozen:
+            param.requires_grad_(True)
     return trainer.history
