@@ -4,9 +4,12 @@ deepbid's clusters are the argmax of its memberships ``P``: eq. 14 with the
 temperature and the cluster-proportion weights of the last re-estimation. This script
 fits deepbid once per file and seed (the files and scenarios of ``quality.py``, K
 estimated) and scores, on the codes the clustering step works on (``final_alignment=False``:
-the same fit and clusters, ``obsm["X_deepbid"]`` before the final alignment) and with
-the same centres, other rules a clustering step could end with:
+the same fit and clusters, ``obsm["X_deepbid"]`` before the final alignment) or, with
+``--aligned``, on ``obsm["X_deepbid"]`` itself (the default fit, batch offsets removed),
+and with the same centres, other rules a clustering step could end with:
 
+- ``eq. 14 on the embedding`` (``--aligned`` only): the argmax of eq. 14's memberships,
+  temperature and weights recomputed from the aligned embedding instead of the codes;
 - ``nearest centre``: each cell to its nearest centre (eq. 14 without weights, as the
   temperature goes to 0);
 - ``k-means from centres``: Lloyd's algorithm started at deepbid's centres (scikit-learn);
@@ -17,8 +20,10 @@ the same centres, other rules a clustering step could end with:
 
     python benchmarks/assignment.py              # seed 0, every file and scenario
     python benchmarks/assignment.py --seeds 0 1 2
+    python benchmarks/assignment.py --aligned     # rules on X_deepbid
 
-Writes results/assignment.csv and results/assignment.md (with the commit).
+Writes results/assignment.csv and results/assignment.md (with the commit); with
+``--aligned``, assignment_aligned.csv and assignment_aligned.md.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from scipy.spatial.distance import cdist
 from scipy.special import softmax
 from sklearn.cluster import KMeans
 
-from deepbid import DeepBID, metrics
+from deepbid import DeepBID, cluster, metrics
 
 HERE = Path(__file__).resolve().parent
 #: EM iterations of the mixture rules (they settle in well under this from ``P``).
@@ -60,13 +65,14 @@ def mixture(h: np.ndarray, p: np.ndarray, per_cluster: bool) -> np.ndarray:
     return p.argmax(axis=1)
 
 
-def run(task: tuple[str, int]) -> dict[str, object]:
-    """Fit one file at one seed and score every assignment rule on its cells."""
-    name, seed = task
+def run(task: tuple[str, int, bool]) -> dict[str, object]:
+    """Fit one file at one seed and score every assignment rule on its cells (on the
+    codes, or on the aligned embedding when ``aligned``)."""
+    name, seed, aligned = task
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     adata = datasets([name])[name]()
-    model = DeepBID(seed=seed, progress=False, final_alignment=False).fit(adata, "batch")
+    model = DeepBID(seed=seed, progress=False, final_alignment=aligned).fit(adata, "batch")
     labels = adata.obs["cell_type"].astype(str).to_numpy()[model.train_view.cells]
     h, p = model.latent().astype(np.float64), model.membership()
     kept = np.isfinite(h).all(axis=1)
@@ -76,6 +82,20 @@ def run(task: tuple[str, int]) -> dict[str, object]:
     true_k = KMeans(np.unique(labels).size, n_init=10, random_state=seed).fit_predict(h)
     rules = {
         "deepbid (argmax P)": p.argmax(axis=1),
+        **(
+            {
+                "eq. 14 on the embedding": cluster.memberships(
+                    torch.from_numpy(h),
+                    model.centres.double(),
+                    model.temperature,
+                    None if model.log_weights is None else model.log_weights.double(),
+                )
+                .argmax(dim=1)
+                .numpy()
+            }
+            if aligned
+            else {}
+        ),
         "nearest centre": cdist(h, centres).argmin(axis=1),
         "k-means from centres": lloyd,
         "mixture, tied": mixture(h, p, per_cluster=False),
@@ -91,9 +111,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--only", nargs="*", default=None, help="files or scenarios to run")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--aligned", action="store_true", help="rules on X_deepbid")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    tasks = [(name, seed) for name in datasets(args.only) for seed in args.seeds]
+    tasks = [(name, seed, args.aligned) for name in datasets(args.only) for seed in args.seeds]
     with mp.get_context("spawn").Pool(args.workers) as pool:
         rows = pool.map(run, tasks, chunksize=1)
     table = pd.DataFrame(rows)
@@ -101,16 +122,18 @@ def main() -> None:
     for key, value in stamp.items():
         table[key] = value
     out = Path(args.out)
-    table.to_csv(out / "assignment.csv", index=False)
+    stem = "assignment_aligned" if args.aligned else "assignment"
+    table.to_csv(out / f"{stem}.csv", index=False)
     mean = table.drop(columns=["seed", *stamp]).groupby("dataset", sort=False).mean()
     mean.loc["mean"] = mean.mean()
     header = (
         f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores; seeds "
         f"{args.seeds}, mean over seeds. ARI against the cell types of each rule on one "
-        "fitted model's embedding (K: deepbid's estimate).\n\n"
+        f"fitted model's {'aligned embedding X_deepbid' if args.aligned else 'codes'} "
+        "(K: deepbid's estimate).\n\n"
     )
     text = header + markdown_table(mean) + "\n"
-    (out / "assignment.md").write_text(text)
+    (out / f"{stem}.md").write_text(text)
     print(text)
 
 
