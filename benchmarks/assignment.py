@@ -80,22 +80,17 @@ def run(task: tuple[str, int, bool]) -> dict[str, object]:
     centres = model.centres.numpy().astype(np.float64)
     lloyd = KMeans(len(centres), init=centres, n_init=1).fit_predict(h)
     true_k = KMeans(np.unique(labels).size, n_init=10, random_state=seed).fit_predict(h)
-    rules = {
-        "deepbid (argmax P)": p.argmax(axis=1),
-        **(
-            {
-                "eq. 14 on the embedding": cluster.memberships(
-                    torch.from_numpy(h),
-                    model.centres.double(),
-                    model.temperature,
-                    None if model.log_weights is None else model.log_weights.double(),
-                )
-                .argmax(dim=1)
-                .numpy()
-            }
-            if aligned
-            else {}
-        ),
+    rules = {"deepbid (argmax P)": p.argmax(axis=1)}
+    if aligned:
+        weights = None if model.log_weights is None else model.log_weights.double()
+        rules["eq. 14 on the embedding"] = (
+            cluster.memberships(
+                torch.from_numpy(h), model.centres.double(), model.temperature, weights
+            )
+            .argmax(dim=1)
+            .numpy()
+        )
+    rules |= {
         "nearest centre": cdist(h, centres).argmin(axis=1),
         "k-means from centres": lloyd,
         "mixture, tied": mixture(h, p, per_cluster=False),
