@@ -117,6 +117,7 @@ def main() -> None:
     for key, value in stamp.items():
         table[key] = value
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     stem = "assignment_aligned" if args.aligned else "assignment"
     table.to_csv(out / f"{stem}.csv", index=False)
     mean = table.drop(columns=["seed", *stamp]).groupby("dataset", sort=False).mean()
