@@ -135,11 +135,13 @@ def test_bad_settings(small, kwargs, message):
 def test_final_alignment_mixes_the_embedding_and_moves_nothing_else():
     """The final alignment takes each batch's offset out of its clusters in X_deepbid:
     the protocols of the real cells mix more (iLISI) and the batch share of the
-    within-cluster variance falls; clusters, memberships and denoised values are
-    those of the same fit without it."""
+    within-cluster variance falls; eq. 14's clusters and memberships and the denoised
+    values are those of the same fit without it."""
     adata = deepbid.datasets.mixology_3cl()
     models = {
-        on: DeepBID(n_clusters=3, seed=0, final_alignment=on, **FAST).fit(adata, "batch")
+        on: DeepBID(
+            n_clusters=3, seed=0, final_alignment=on, final_mixture=False, **FAST
+        ).fit(adata, "batch")
         for on in (False, True)
     }
     np.testing.assert_array_equal(models[True].clusters(), models[False].clusters())
@@ -169,4 +171,24 @@ def test_final_alignment_mixes_the_embedding_and_moves_nothing_else():
     np.testing.assert_array_equal(
         unscaled.denoised(transform_batch="average"),
         models[True].denoised(transform_batch="average"),
+    )
+
+
+def test_final_mixture_assigns_the_embedding_users_get(small):
+    """With ``final_mixture`` (the default) the memberships are the posteriors of the
+    mixture fitted on ``X_deepbid``, for the training cells and for cells passed in
+    again; without it they are eq. 14 on the codes, from the same training."""
+    model = DeepBID(n_clusters=3, seed=0, **FAST).fit(small, "batch")
+    z = torch.from_numpy(model.latent())
+    posteriors = cluster.mixture_posteriors(z, model.mixture).numpy()
+    np.testing.assert_allclose(model.membership(), posteriors, atol=1e-6)
+    np.testing.assert_array_equal(model.clusters(), posteriors.argmax(axis=1))
+    np.testing.assert_array_equal(model.clusters(small), model.clusters())
+    assert model.settings_dict()["mixture_variance"] == model.mixture.variance > 0
+    plain = DeepBID(n_clusters=3, seed=0, final_mixture=False, **FAST).fit(small, "batch")
+    assert plain.mixture is None
+    np.testing.assert_array_equal(plain.latent(), model.latent())
+    codes = torch.from_numpy(plain._codes(plain.train_view))
+    np.testing.assert_array_equal(
+        plain.clusters(), plain._memberships(codes).numpy().argmax(axis=1)
     )

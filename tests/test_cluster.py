@@ -42,6 +42,24 @@ def test_fuzzy_kmeans_recovers_blobs():
     assert metrics.ari(types, p.argmax(1).numpy()) == 1.0
 
 
+def test_mixture_recovers_unequal_blobs_their_shares_and_spread():
+    """EM from rough memberships finds three unit-variance blobs holding 80, 15 and 5 %
+    of the cells: the partition, the proportions and the shared variance."""
+    rng = np.random.default_rng(0)
+    sizes, dim = np.array([1600, 300, 100]), 8
+    means = rng.normal(size=(3, dim)) * 4
+    types = np.repeat(np.arange(3), sizes)
+    z = torch.from_numpy(means[types] + rng.normal(size=(sizes.sum(), dim)))
+    noisy = np.where(rng.random(types.size) < 0.3, rng.integers(0, 3, types.size), types)
+    start = torch.nn.functional.one_hot(torch.from_numpy(noisy)).double() * 0.6 + 0.4 / 3
+    mixture = cluster.fit_mixture(z, start)
+    p = cluster.mixture_posteriors(z, mixture)
+    assert metrics.ari(types, p.argmax(1).numpy()) == 1.0
+    np.testing.assert_allclose(mixture.log_weights.exp().numpy(), sizes / sizes.sum(), atol=0.01)
+    assert mixture.variance == pytest.approx(1.0, rel=0.05)
+    np.testing.assert_allclose(p.sum(1).numpy(), 1.0)
+
+
 def test_temperature_prevents_collapse_of_close_clusters():
     # separable clusters, but scaled to lie ~2 units apart: eq. 14 at temperature 1
     # is then nearly uniform and the fuzzy iteration collapses the centres

@@ -11,6 +11,7 @@ orchestrate a k-means run across processes, use the process group themselves.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ KMEANS_INIT_CELLS = 20_000
 KMEANS_ITERATIONS = 30
 #: Cells per distance computation against a set of centres.
 NEAREST_CHUNK = 65_536
+#: Most EM iterations of the final mixture (started from P it settles in a few dozen).
+MIXTURE_ITERATIONS = 50
 
 
 def memberships(
@@ -162,6 +165,83 @@ def fuzzy_kmeans(
         if change < tol:
             break
     return centres(h, p, reduce), p, log_weights, iteration
+
+
+class Mixture(NamedTuple):
+    """An isotropic Gaussian mixture whose components share one variance."""
+
+    #: ``(K, d)`` component means.
+    means: torch.Tensor
+    #: Variance of every component along every dimension.
+    variance: float
+    #: ``(K,)`` log mixing proportions.
+    log_weights: torch.Tensor
+
+
+def mixture_posteriors(z: torch.Tensor, mixture: Mixture) -> torch.Tensor:
+    """Posterior component probabilities ``(n, K)`` of ``(n, d)`` points under
+    ``mixture``, computed in float64 in chunks of cells (the variance is shared, so
+    the normalising constants cancel)."""
+    means = mixture.means.double()
+    return torch.cat(
+        [
+            torch.softmax(
+                mixture.log_weights.double()
+                - torch.cdist(part.double(), means).square() / (2 * mixture.variance),
+                dim=1,
+            )
+            for part in torch.split(z, NEAREST_CHUNK)
+        ]
+    )
+
+
+def fit_mixture(
+    z: torch.Tensor,
+    p: torch.Tensor,
+    max_iter: int = MIXTURE_ITERATIONS,
+    tol: float = 1e-4,
+    reduce: Reduce = local,
+) -> Mixture:
+    """EM of an isotropic Gaussian mixture with one shared variance, from memberships.
+
+    The final assignment of deepbid's clusters (not in the paper): eq. 14 weighs
+    distances, not squared distances, against one temperature, and is computed on
+    the codes before the batch offsets are removed; the mixture is the
+    probabilistic k-means of the embedding users get, with each cluster's
+    proportion and the spread of the clusters estimated from the cells.
+
+    Parameters
+    ----------
+    z
+        ``(n, d)`` embedding of all cells (of this process, under ``reduce``).
+    p
+        ``(n, K)`` starting memberships (deepbid's eq. 14).
+    max_iter
+        Most EM iterations.
+    tol
+        Stop when the mean absolute change of the posteriors falls below this.
+
+    Returns
+    -------
+    The fitted :class:`Mixture`; :func:`mixture_posteriors` gives its memberships.
+    """
+    z, p = z.double(), p.double()
+    size = reduce(torch.tensor(float(p.numel()), dtype=torch.float64))
+    norms = z.square().sum(dim=1)
+    for _ in range(max_iter):
+        mass = reduce(p.sum(dim=0)).clamp_min(1e-12)
+        sums = reduce(p.T @ z)
+        means = sums / mass[:, None]
+        # sum_j p_jk ||z_j - m_k||^2 from reduced statistics, without another pass
+        spread = reduce(p.T @ norms) - (means * sums).sum(dim=1)
+        variance = max(float(spread.sum() / (mass.sum() * z.shape[1])), 1e-12)
+        mixture = Mixture(means, variance, torch.log(mass / mass.sum()))
+        new_p = mixture_posteriors(z, mixture)
+        change = (reduce((new_p - p).abs().sum()) / size).item()
+        p = new_p
+        if change < tol:
+            break
+    return mixture
 
 
 def nearest(h: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:

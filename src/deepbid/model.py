@@ -26,7 +26,7 @@ from .train import Trainer, denoise, embed
 #: Version of the file :meth:`DeepBID.save` writes (3: the K estimation report, the
 #: given K and the encoder shifts of mapped batches; 4: the final alignment's batch
 #: statistics; 5: its spreads and scales).
-FORMAT = 5
+FORMAT = 6
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -100,6 +100,7 @@ class DeepBID:
         self.device = resolve_device(device)
         self.progress = progress
         self.module: Autoencoder | None = None
+        self.mixture: cluster.Mixture | None = None
         self.train_view: DataView | None = None
         # results for all training cells, kept where the view holds only a shard
         self._train_p: np.ndarray | None = None
@@ -167,6 +168,11 @@ class DeepBID:
         )
         self.batch_offsets = mixing.batch_offsets(self.batch_sums, self.batch_counts)
         self.batch_scales = mixing.batch_scales(self.batch_spreads, self.batch_counts)
+        self.mixture = None
+        if s.final_mixture:
+            z = torch.from_numpy(self._embedding(codes, view.batch_codes))
+            self.mixture = cluster.fit_mixture(z, p.cpu(), reduce=distributed.all_sum)
+            p = cluster.mixture_posteriors(z, self.mixture).float()
         self.history = trainer.history
         self.genes, self.batch_categories = view.genes, view.batch_categories
         self.is_counts = view.is_counts
@@ -362,8 +368,9 @@ class DeepBID:
         """Eq. (14) of ``(n, d)`` CPU codes against the final centres: ``(n, K)``."""
         return cluster.memberships(codes, self.centres, self.temperature, self.log_weights)
 
-    def _latent(self, view: DataView) -> np.ndarray:
-        codes = torch.from_numpy(self._codes(view))
+    def _embedding(self, codes: torch.Tensor, batch: np.ndarray) -> np.ndarray:
+        """The integrated embedding ``(n, d)`` of ``(n, d)`` CPU codes of cells of the
+        batches ``batch`` ``(n,)``: the codes after the final alignment, if any."""
         if not self.settings.final_alignment:
             return codes.numpy()
         # memberships recomputed from the codes, not the trainer's (its last fuzzy
@@ -373,16 +380,22 @@ class DeepBID:
         return mixing.remove_offsets(
             codes,
             self._memberships(codes),
-            torch.as_tensor(self._own_batches(view), dtype=torch.long),
+            torch.as_tensor(batch, dtype=torch.long),
             self.batch_offsets,
             self.batch_scales if scaled else None,
             mixing.batch_centroids(self.batch_sums, self.batch_counts) if scaled else None,
         ).numpy()
 
+    def _latent(self, view: DataView) -> np.ndarray:
+        return self._embedding(torch.from_numpy(self._codes(view)), self._own_batches(view))
+
     def _p(self, view: DataView) -> np.ndarray:
         if view is self.train_view and self._train_p is not None:
             return self._train_p
-        return self._memberships(torch.from_numpy(self._codes(view))).numpy()
+        if self.mixture is None:
+            return self._memberships(torch.from_numpy(self._codes(view))).numpy()
+        z = torch.from_numpy(self._latent(view))
+        return cluster.mixture_posteriors(z, self.mixture).float().numpy()
 
     def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Integrated embedding ``(n_obs, latent_dim)`` of the training cells, or of
@@ -392,8 +405,9 @@ class DeepBID:
         return self._rows(view, self._latent(view))
 
     def membership(self, adata: ad.AnnData | None = None) -> np.ndarray:
-        """Soft cluster assignments ``P`` ``(n_obs, K)``, eq. (14); NaN rows for cells
-        with zero counts."""
+        """Soft cluster assignments ``P`` ``(n_obs, K)``: the final mixture's posteriors
+        on the integrated embedding (``final_mixture``), else eq. (14) on the codes; NaN
+        rows for cells with zero counts."""
         view = self.data_view(adata)
         return self._rows(view, self._p(view))
 
@@ -486,6 +500,7 @@ class DeepBID:
             "centres": self.centres,
             "temperature": self.temperature,
             "log_weights": self.log_weights,
+            "mixture": None if self.mixture is None else self.mixture._asdict(),
             "batch_sums": self.batch_sums,
             "batch_counts": self.batch_counts,
             "batch_offsets": self.batch_offsets,
@@ -540,6 +555,7 @@ class DeepBID:
         model.module.load_state_dict(state["state_dict"])
         model.centres, model.temperature = state["centres"], state["temperature"]
         model.log_weights = state["log_weights"]
+        model.mixture = None if state["mixture"] is None else cluster.Mixture(**state["mixture"])
         model.batch_sums, model.batch_counts = state["batch_sums"], state["batch_counts"]
         model.batch_offsets = state["batch_offsets"]
         model.batch_spreads, model.batch_scales = state["batch_spreads"], state["batch_scales"]
@@ -556,6 +572,7 @@ class DeepBID:
             "n_clusters": int(self.centres.shape[0]),
             "n_clusters_given": None if self.n_clusters is None else int(self.n_clusters),
             "membership_temperature": self.temperature,
+            "mixture_variance": None if self.mixture is None else self.mixture.variance,
             "seed": self.seed,
             "device": str(self.device),
             "batch_key": self.batch_key,
