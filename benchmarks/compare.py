@@ -349,7 +349,8 @@ def clustering_scores(
 ) -> dict[str, float]:
     """ARI and NMI of the four protocols (the module docstring); the protocols that need
     an embedding (K rule, k-means) are NaN for a graph method."""
-    sweep = {r: k_estimate.leiden(rep.connectivities, r, seed).astype(str) for r in SWEEP}
+    graph = k_estimate.as_igraph(rep.connectivities)
+    sweep = {r: k_estimate.leiden(graph, r, seed).astype(str) for r in SWEEP}
     best = max(SWEEP, key=lambda r: metrics.ari(labels, sweep[r]))
     rule = kmeans = None
     if rep.embedding is not None:

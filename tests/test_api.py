@@ -139,9 +139,9 @@ def test_final_alignment_mixes_the_embedding_and_moves_nothing_else():
     values are those of the same fit without it."""
     adata = deepbid.datasets.mixology_3cl()
     models = {
-        on: DeepBID(
-            n_clusters=3, seed=0, final_alignment=on, final_mixture=False, **FAST
-        ).fit(adata, "batch")
+        on: DeepBID(n_clusters=3, seed=0, final_alignment=on, final_mixture=False, **FAST).fit(
+            adata, "batch"
+        )
         for on in (False, True)
     }
     np.testing.assert_array_equal(models[True].clusters(), models[False].clusters())

@@ -1,5 +1,7 @@
+import anndata as ad
 import numpy as np
 import pytest
+import scanpy as sc
 import torch
 
 from deepbid import cluster, k_estimate, metrics
@@ -87,6 +89,39 @@ def test_estimated_partition_finds_types_not_batches():
     assert metrics.ari(types, labels) > 0.95
     assert len(report["resolution"]) == 2 * len(k_estimate.RESOLUTIONS)
     assert not any(report["outlier"])  # a scan that agrees with itself loses nothing
+
+
+def test_leiden_on_a_graph_built_once_equals_scanpys():
+    """The scan builds each graph once for all resolutions; its partitions are the ones
+    ``scanpy.tl.leiden`` (which rebuilds the graph at every call) finds with the same
+    seed, on both of the scan's graphs and on scanpy's own weighted neighbour graph."""
+    x, _, batches = blobs(n_per=80, n_types=5, n_batches=3, sep=2.0, seed=3)
+    holder = ad.AnnData(x)
+    sc.pp.neighbors(holder, use_rep="X")
+    graphs = {
+        "knn": k_estimate.knn_graph(x),
+        "batch-balanced": k_estimate.batch_balanced_graph(x, batches, 5),
+        "scanpy": holder.obsp["connectivities"],
+    }
+    sizes = set()
+    for adjacency in graphs.values():
+        graph = k_estimate.as_igraph(adjacency)
+        for resolution in k_estimate.RESOLUTIONS:
+            for seed in (0, 3):
+                sc.tl.leiden(
+                    holder,
+                    resolution=resolution,
+                    adjacency=adjacency,
+                    random_state=seed,
+                    flavor="igraph",
+                    n_iterations=-1,
+                    directed=False,
+                )
+                expected = holder.obs["leiden"].cat.codes.to_numpy()
+                labels = k_estimate.leiden(graph, resolution, seed)
+                np.testing.assert_array_equal(labels, expected)
+                sizes.add(labels.max() + 1)
+    assert len(sizes) > 2  # the resolutions give different partitions
 
 
 def test_scan_outlier_cannot_win_on_silhouette(monkeypatch):
