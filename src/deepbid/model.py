@@ -25,7 +25,7 @@ from .train import Trainer, denoise, embed
 
 #: Version of the file :meth:`DeepBID.save` writes (3: the K estimation report, the
 #: given K and the encoder shifts of mapped batches; 4: the final alignment's batch
-#: statistics; 5: its spreads and scales).
+#: statistics; 5: its spreads and scales; 6: the final mixture).
 FORMAT = 6
 
 
