@@ -1,12 +1,15 @@
 """How deepbid's final clusters compare with other ways of assigning the same cells.
 
-deepbid's clusters are the argmax of its memberships ``P``: eq. 14 with the
-temperature and the cluster-proportion weights of the last re-estimation. This script
-fits deepbid once per file and seed (the files and scenarios of ``quality.py``, K
-estimated) and scores, on the codes the clustering step works on (``final_alignment=False``:
-the same fit and clusters, ``obsm["X_deepbid"]`` before the final alignment) or, with
-``--aligned``, on ``obsm["X_deepbid"]`` itself (the default fit, batch offsets removed),
-and with the same centres, other rules a clustering step could end with:
+Until 9c89b21 deepbid's clusters were the argmax of its memberships ``P``: eq. 14 with
+the temperature and the cluster-proportion weights of the last re-estimation; this
+comparison chose what replaced it (``mixture, tied`` on ``X_deepbid``, now the default
+``final_mixture``). The fits here keep eq. 14 (``final_mixture=False``) as the baseline
+every rule starts from. This script fits deepbid once per file and seed (the files and
+scenarios of ``quality.py``, K estimated) and scores, on the codes the clustering step
+works on (``final_alignment=False``: the same fit and clusters, ``obsm["X_deepbid"]``
+before the final alignment) or, with ``--aligned``, on ``obsm["X_deepbid"]`` itself (the
+default fit, batch offsets removed), and with the same centres, other rules a clustering
+step could end with:
 
 - ``eq. 14 on the embedding`` (``--aligned`` only): the argmax of eq. 14's memberships,
   temperature and weights recomputed from the aligned embedding instead of the codes;
@@ -72,7 +75,9 @@ def run(task: tuple[str, int, bool]) -> dict[str, object]:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     adata = datasets([name])[name]()
-    model = DeepBID(seed=seed, progress=False, final_alignment=aligned).fit(adata, "batch")
+    model = DeepBID(seed=seed, progress=False, final_alignment=aligned, final_mixture=False).fit(
+        adata, "batch"
+    )
     labels = adata.obs["cell_type"].astype(str).to_numpy()[model.train_view.cells]
     h, p = model.latent().astype(np.float64), model.membership()
     kept = np.isfinite(h).all(axis=1)
