@@ -132,11 +132,12 @@ def test_bad_settings(small, kwargs, message):
         deepbid.integrate(small, "batch", copy=True, **{**FAST, **kwargs})
 
 
-def test_final_alignment_mixes_the_embedding_and_moves_nothing_else():
+def test_final_alignment_removes_batch_offsets_and_moves_nothing_else():
     """The final alignment takes each batch's offset out of its clusters in X_deepbid:
-    the protocols of the real cells mix more (iLISI) and the batch share of the
-    within-cluster variance falls; eq. 14's clusters and memberships and the denoised
-    values are those of the same fit without it."""
+    the batch share of the within-cluster variance, counted with the weights the
+    offsets are measured with (each cell in its own cluster), all but vanishes; eq.
+    14's clusters and memberships and the denoised values are those of the same fit
+    without it."""
     adata = deepbid.datasets.mixology_3cl()
     models = {
         on: DeepBID(n_clusters=3, seed=0, final_alignment=on, final_mixture=False, **FAST).fit(
@@ -150,26 +151,26 @@ def test_final_alignment_mixes_the_embedding_and_moves_nothing_else():
     batch = adata.obs["batch"].astype(str).to_numpy()
     codes = np.unique(batch, return_inverse=True)[1]
     p = torch.from_numpy(models[True].membership())
+    own = p * torch.nn.functional.one_hot(p.argmax(dim=1), p.shape[1]).to(p.dtype)
 
     def batch_share(latent):
         h = torch.from_numpy(latent)
-        sums, counts = mixing.batch_cluster_sums(h, p, torch.as_tensor(codes), 2)
-        spread = float(((h[:, None, :] - cluster.centres(h, p)[None]) ** 2).sum(2).mul(p).sum())
+        sums, counts = mixing.batch_cluster_sums(h, own, torch.as_tensor(codes), 2)
+        spread = float(((h[:, None, :] - cluster.centres(h, own)[None]) ** 2).sum(2).mul(own).sum())
         return mixing.BatchAlignment(sums, counts, spread).value()
 
-    def ilisi(latent):
-        return np.median(deepbid.metrics.lisi(latent, batch))
-
-    before, after = models[False].latent(), models[True].latent()
-    assert batch_share(after) < 0.2 * batch_share(before)
-    assert ilisi(after) > ilisi(before) + 0.02  # 1.91 -> 1.95 with this small network
+    # without the scaling, which reshapes each batch's cloud about its centroid: 0.001 to
+    # 0.016 of the share before over six seeds of this small network; whether the removal
+    # raises iLISI depends on how well such a network separates the types (it did not on
+    # two of the six; benchmarks/quality.py --ablation measures it on real fits)
+    after = copy.copy(models[True])
+    after.settings = dataclasses.replace(after.settings, final_scaling=False)
+    assert batch_share(after.latent()) < 0.05 * batch_share(models[False].latent())
     # the scaling reshapes the embedding alone: batch-corrected decoding starts from
     # the codes with the offsets removed, with or without it
-    unscaled = copy.copy(models[True])
-    unscaled.settings = dataclasses.replace(unscaled.settings, final_scaling=False)
-    assert not np.array_equal(unscaled.latent(), after)
+    assert not np.array_equal(after.latent(), models[True].latent())
     np.testing.assert_array_equal(
-        unscaled.denoised(transform_batch="average"),
+        after.denoised(transform_batch="average"),
         models[True].denoised(transform_batch="average"),
     )
 

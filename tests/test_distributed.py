@@ -134,6 +134,9 @@ def test_cli_under_torchrun_writes_one_result(tmp_path):
         "--label-key",
         "cell_type",
         "--quiet",
+        # gloo on the CPU unless each of the two processes has a GPU of its own
+        "--device",
+        "cpu" if torch.cuda.device_count() < 2 else "auto",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -142,6 +145,23 @@ def test_cli_under_torchrun_writes_one_result(tmp_path):
     assert out.obsm["X_deepbid"].shape == (out.n_obs, 300)
     table = pd.read_csv(tmp_path / "out.metrics.csv", index_col=0)
     assert table.loc["deepbid", "ari"] > 0.85
+
+
+def test_more_processes_than_gpus_is_refused_before_cuda_is_touched(monkeypatch):
+    """``torchrun --nproc-per-node 2`` on a machine with one GPU: the second process
+    gets an InputError that says what to start instead, not CUDA's invalid-ordinal
+    trace (seen on a one-GPU H200)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+    def touched(device):
+        raise AssertionError("CUDA was asked for a device")
+
+    monkeypatch.setattr(torch.cuda, "set_device", touched)
+    with pytest.raises(InputError, match=r"--nproc-per-node 1.*--device cpu"):
+        distributed.init_from_environment(torch.device("cuda"))
+    assert not distributed.active()
 
 
 def _bad_value_worker(rank: int, world: int, init_file: str, data: str, out_dir: str) -> None:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from deepbid.errors import InputError
+
 
 def active() -> bool:
     """Whether a process group with more than one process is running."""
@@ -38,12 +40,21 @@ def init_from_environment(device: torch.device) -> bool:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), if any.
 
     Gloo on CPU, NCCL on CUDA (each process on the GPU of its local rank).
-    Returns whether a group is now active.
+    Returns whether a group is now active. Raises :class:`~deepbid.errors.InputError`
+    when a process's local rank has no GPU of its own.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or active():
         return active()
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= visible:
+            raise InputError(
+                f"torchrun started local process {local_rank} on a machine with {visible} "
+                f"visible GPU(s); with CUDA each process needs its own GPU: start at most "
+                f"{visible} per machine (--nproc-per-node {visible}), or run every process "
+                "on the CPU with --device cpu"
+            )
+        torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return True
 
