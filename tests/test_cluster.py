@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import scanpy as sc
 import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
 
 from deepbid import cluster, k_estimate, metrics
 
@@ -210,3 +212,26 @@ def test_label_sums_on_cuda_are_reproducible_and_match_the_cpu():
     runs = [cluster.label_sums(h.cuda(), labels.cuda(), 100).cpu() for _ in range(3)]
     assert all(torch.equal(run, runs[0]) for run in runs)
     torch.testing.assert_close(runs[0], on_cpu, rtol=1e-4, atol=1e-3)
+
+
+def test_a_given_k_starts_from_leiden_which_keeps_small_types_that_kmeans_merges():
+    """One broad type of 82 % of the cells and four small tight ones, two of them
+    close, in two batches: k-means with K = 5 divides the broad type and merges the
+    close pair; the batch-balanced Leiden at a resolution that gives 5 clusters finds
+    the types. Where no resolution gives K, k-means does."""
+    rng = np.random.default_rng(0)
+    sizes, spreads = [1500, 100, 100, 80, 60], [2.0, 0.3, 0.3, 0.3, 0.3]
+    centres = np.zeros((5, 20))
+    centres[1, 0] = centres[2, 0] = centres[3, 2] = centres[4, 3] = 15.0
+    centres[2, 1] = 3.0
+    types = np.repeat(np.arange(5), sizes)
+    x = centres[types] + rng.normal(size=(types.size, 20)) * np.asarray(spreads)[types, None]
+    batches = rng.integers(0, 2, types.size)
+    x[:, 5] += batches
+    kmeans = KMeans(5, n_init=10, random_state=0).fit_predict(x)
+    assert adjusted_rand_score(types, kmeans) < 0.5
+    labels, report = k_estimate.partition_with_k(x, batches, 5, seed=0)
+    assert labels.max() + 1 == 5 and adjusted_rand_score(types, labels) > 0.99
+    assert np.isfinite(report["resolution"])
+    labels, report = k_estimate.partition_with_k(x, batches, 400, seed=0)
+    assert np.unique(labels).size == 400 and np.isnan(report["resolution"])

@@ -92,7 +92,8 @@ def integrate(
         Write the denoised matrix, the one dense cells x genes output (at 10^6
         cells and 2,000 genes, 8 GB): ``None`` writes it up to
         :data:`DENOISED_MAX_VALUES` values and otherwise says how to get it; ``True``
-        always; ``False`` never.
+        always; ``False`` never, and skips the decoder phase (``decoder_epochs=0``
+        unless given), which trains the decoder alone for the denoised values.
     transform_batch
         Batch(es) every cell is decoded in for the denoised matrix: ``"average"`` (the
         mean over all batches: the batch effect removed), one batch name, or ``None``
@@ -120,6 +121,10 @@ def integrate(
             "integrate it in place (copy=False: results go into its obs/obsm/uns in memory; "
             "save them with adata.write_h5ad(new_path)) or load it with adata.to_memory()"
         )
+    if denoised is False:
+        # the decoder phase trains the decoder alone, for the denoised values: without
+        # them it changes no output (embedding, clusters and memberships are the same)
+        model_kwargs.setdefault("decoder_epochs", 0)
     model = DeepBID(
         n_clusters=n_clusters, seed=seed, device=device, progress=progress, **model_kwargs
     )

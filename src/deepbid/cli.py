@@ -21,11 +21,13 @@ from .transfer import transfer_labels, transfer_summary
 
 
 def _model_from(args: argparse.Namespace) -> DeepBID:
+    # the decoder phase serves the denoised matrix alone, as in deepbid.integrate
     return DeepBID(
         n_clusters=args.n_clusters,
         seed=args.seed,
         device=args.device,
         epochs=args.epochs,
+        decoder_epochs=0 if args.denoised is False else None,
         progress=not args.quiet,
     )
 

@@ -15,9 +15,11 @@ nearest type of another batch (DC: CD141 and CD1C cells), the plain graph
 divides types by batch where the batch effect is strong. The within-batch
 score cannot see a division by batch (every batch keeps its clusters whole),
 so a partition that merely divides clusters of a coarser one along batch
-lines (:func:`splits_by_batch`) is never chosen. A given ``n_clusters`` uses
-k-means instead. Both work on any ``(n, d)`` embedding, so the rule can be judged
-apart from deepbid's own embedding.
+lines (:func:`splits_by_batch`) is never chosen. A given ``n_clusters`` starts
+from Leiden on the batch-balanced graph at a resolution that gives that many
+clusters (:func:`partition_with_k`), k-means where no resolution does. All work on
+any ``(n, d)`` embedding, so the rule can be judged apart from deepbid's own
+embedding.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ BATCH_SPLIT_SHARE = 0.8
 #: A division along batch lines is a batch effect unless its parts lie farther apart
 #: than this many times the distance between batches within shared clusters.
 BATCH_SPLIT_SEPARATION = 2.0
+#: Resolutions bracketing the search for a given number of clusters, and its steps.
+RESOLUTION_RANGE = (0.005, 10.0)
+RESOLUTION_STEPS = 25
 #: Cells the number of clusters is estimated on (the graph, Leiden and PCA
 #: scale with it); the other cells join the nearest centre of that partition.
 ESTIMATE_CELLS = 20_000
@@ -349,20 +354,21 @@ def _spread(x: np.ndarray, groups: np.ndarray, min_cells: int = 5) -> float:
 
 
 def initial_partition(
-    h: np.ndarray, batch: np.ndarray, n_clusters: int | None, seed: int
+    h: np.ndarray, batch: np.ndarray, n_clusters: int | None, seed: int, leiden_start: bool = True
 ) -> tuple[np.ndarray, dict]:
-    """Hard starting labels ``(n,)`` for fuzzy k-means: k-means for a given K, else estimated.
+    """Hard starting labels ``(n,)`` for fuzzy k-means: estimated, or for a given K
+    (:func:`partition_with_k`, or k-means without ``leiden_start``).
 
     Up to :data:`ESTIMATE_CELLS` cells (in all processes together) are
     partitioned directly; beyond that a random sample is, and every cell takes
     the label of the nearest centre of the sample's partition.
     """
     if not distributed.active() and h.shape[0] <= ESTIMATE_CELLS:
-        return _partition(h, batch, n_clusters, seed)
+        return _partition(h, batch, n_clusters, seed, leiden_start)
     sample_h, sample_batch = gathered_sample((h, batch), ESTIMATE_CELLS, seed)
     result = None
     if distributed.rank() == 0:
-        labels, report = _partition(sample_h, sample_batch, n_clusters, seed)
+        labels, report = _partition(sample_h, sample_batch, n_clusters, seed, leiden_start)
         onehot = np.eye(labels.max() + 1, dtype=sample_h.dtype)[labels]
         result = ((onehot.T @ sample_h) / onehot.sum(axis=0)[:, None], report)
     found, report = distributed.broadcast_object(result)
@@ -370,10 +376,44 @@ def initial_partition(
     return labels, report
 
 
+def partition_with_k(
+    h: np.ndarray, batch: np.ndarray, n_clusters: int, seed: int
+) -> tuple[np.ndarray, dict]:
+    """A starting partition ``(n,)`` of exactly ``n_clusters`` clusters, and a report of
+    the resolution that gave it (NaN: k-means).
+
+    Leiden on the batch-balanced graph of the K rule, at a resolution found by
+    bisection on its logarithm, as a scanpy user tunes ``resolution`` to a known
+    number of types. k-means on the codes, the paper's start, splits the large types
+    of an unequal mix and merges the small ones, and on codes that still carry the
+    batch effect it divides types by batch (pancreas, 3 donors, K = 10 given, 8
+    fits: ARI 0.835 after training from k-means, 0.904 from this start; from Leiden
+    on the plain kNN graph 0.874). Where no resolution gives ``n_clusters``
+    clusters, k-means does.
+    """
+    batch = np.unique(batch, return_inverse=True)[1]
+    x = _pca(h, seed)
+    graph = as_igraph(batch_balanced_graph(x, batch, NEIGHBOURS_PER_BATCH))
+    low, high = np.log(RESOLUTION_RANGE)
+    for _ in range(RESOLUTION_STEPS):
+        resolution = float(np.exp((low + high) / 2))
+        labels = leiden(graph, resolution, seed)
+        found = int(labels.max()) + 1
+        if found == n_clusters:
+            return labels, {"resolution": resolution}
+        low, high = (np.log(resolution), high) if found < n_clusters else (low, np.log(resolution))
+    return _kmeans(h, n_clusters, seed), {"resolution": float("nan")}
+
+
 def _partition(
-    h: np.ndarray, batch: np.ndarray, n_clusters: int | None, seed: int
+    h: np.ndarray, batch: np.ndarray, n_clusters: int | None, seed: int, leiden_start: bool
 ) -> tuple[np.ndarray, dict]:
     if n_clusters is None:
         return estimate_partition(h, batch, seed)
-    labels = KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(h)
-    return labels, {}
+    if leiden_start:
+        return partition_with_k(h, batch, n_clusters, seed)
+    return _kmeans(h, n_clusters, seed), {}
+
+
+def _kmeans(h: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(h)

@@ -25,8 +25,9 @@ from .train import Trainer, denoise, embed
 
 #: Version of the file :meth:`DeepBID.save` writes (3: the K estimation report, the
 #: given K and the encoder shifts of mapped batches; 4: the final alignment's batch
-#: statistics; 5: its spreads and scales; 6: the final mixture).
-FORMAT = 6
+#: statistics; 5: its spreads and scales; 6: the final mixture; 7: the mixture on
+#: the codes that places the offsets).
+FORMAT = 7
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -101,6 +102,7 @@ class DeepBID:
         self.progress = progress
         self.module: Autoencoder | None = None
         self.mixture: cluster.Mixture | None = None
+        self.code_mixture: cluster.Mixture | None = None
         self.train_view: DataView | None = None
         # results for all training cells, kept where the view holds only a shard
         self._train_p: np.ndarray | None = None
@@ -146,7 +148,7 @@ class DeepBID:
             trainer.pretrain(view, bar)
             h = embed(self.module, view, self.device)
             labels, first = k_estimate.initial_partition(
-                h.cpu().numpy(), view.batch_codes, self.n_clusters, self.seed
+                h.cpu().numpy(), view.batch_codes, self.n_clusters, self.seed, s.leiden_start
             )
             self.k_estimate = {"pretrained": first}
 
@@ -163,6 +165,9 @@ class DeepBID:
         self.centres, self.temperature = centres.cpu(), trainer.temperature
         self.log_weights = None if trainer.log_weights is None else trainer.log_weights.cpu()
         codes = embed(self.module, view, self.device).cpu()
+        self.code_mixture = None
+        if s.final_alignment and s.alignment_mixture:
+            self.code_mixture = cluster.fit_mixture(codes, p.cpu(), reduce=distributed.all_sum)
         self.batch_sums, self.batch_counts, self.batch_spreads = self._batch_statistics(
             view, codes, view.n_batches
         )
@@ -281,7 +286,7 @@ class DeepBID:
         counted in its hard cluster with the weight of its membership there, and the
         median squared distance ``(n_batches, K)`` of each batch's cells in each hard
         cluster from their own mean."""
-        p = self._memberships(codes)
+        p = self._offset_weights(codes)
         batch = torch.as_tensor(view.batch_codes, dtype=torch.long)
         labels = p.argmax(dim=1)
         hard = torch.nn.functional.one_hot(labels, p.shape[1]).to(p.dtype)
@@ -368,6 +373,14 @@ class DeepBID:
         """Eq. (14) of ``(n, d)`` CPU codes against the final centres: ``(n, K)``."""
         return cluster.memberships(codes, self.centres, self.temperature, self.log_weights)
 
+    def _offset_weights(self, codes: torch.Tensor) -> torch.Tensor:
+        """The memberships ``(n, K)`` that place the batch offsets of ``(n, d)`` CPU
+        codes: the posteriors of the mixture fitted on the codes (``alignment_mixture``),
+        else eq. (14)."""
+        if self.code_mixture is None:
+            return self._memberships(codes)
+        return cluster.mixture_posteriors(codes, self.code_mixture).to(codes.dtype)
+
     def _embedding(self, codes: torch.Tensor, batch: np.ndarray) -> np.ndarray:
         """The integrated embedding ``(n, d)`` of ``(n, d)`` CPU codes of cells of the
         batches ``batch`` ``(n,)``: the codes after the final alignment, if any."""
@@ -379,7 +392,7 @@ class DeepBID:
         scaled = self.settings.final_scaling
         return mixing.remove_offsets(
             codes,
-            self._memberships(codes),
+            self._offset_weights(codes),
             torch.as_tensor(batch, dtype=torch.long),
             self.batch_offsets,
             self.batch_scales if scaled else None,
@@ -463,7 +476,7 @@ class DeepBID:
             # in its own batch gets back its own code (no final scaling: decoding wants
             # each batch's codes at their own spread)
             h = torch.from_numpy(codes)
-            p = self._memberships(h)
+            p = self._offset_weights(h)
             aligned = mixing.remove_offsets(h, p, torch.as_tensor(own), self.batch_offsets)
             means = denoise(
                 self.module,
@@ -501,6 +514,7 @@ class DeepBID:
             "temperature": self.temperature,
             "log_weights": self.log_weights,
             "mixture": None if self.mixture is None else self.mixture._asdict(),
+            "code_mixture": None if self.code_mixture is None else self.code_mixture._asdict(),
             "batch_sums": self.batch_sums,
             "batch_counts": self.batch_counts,
             "batch_offsets": self.batch_offsets,
@@ -555,7 +569,10 @@ class DeepBID:
         model.module.load_state_dict(state["state_dict"])
         model.centres, model.temperature = state["centres"], state["temperature"]
         model.log_weights = state["log_weights"]
-        model.mixture = None if state["mixture"] is None else cluster.Mixture(**state["mixture"])
+        model.mixture, model.code_mixture = (
+            None if state[key] is None else cluster.Mixture(**state[key])
+            for key in ("mixture", "code_mixture")
+        )
         model.batch_sums, model.batch_counts = state["batch_sums"], state["batch_counts"]
         model.batch_offsets = state["batch_offsets"]
         model.batch_spreads, model.batch_scales = state["batch_spreads"], state["batch_scales"]

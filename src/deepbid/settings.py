@@ -101,6 +101,10 @@ class Settings:
         trained with it (previous default, 3 seeds), the strong-batch scenario lost a
         type on every seed and the dominant-type scenario on one (README, "Ablation");
         the final alignment removes the batch offsets on the trained embedding instead.
+    leiden_start
+        With ``n_clusters`` given, start fuzzy k-means from Leiden at a resolution that
+        gives that many clusters (:func:`~deepbid.k_estimate.partition_with_k`; not in
+        the paper); ``False``: from k-means, as the paper does.
     weighted_memberships
         Weight eq. (14) by the clusters' proportions, as a mixture model does.
     n_mixing_clusters
@@ -116,6 +120,13 @@ class Settings:
         memberships (:func:`~deepbid.mixing.batch_offsets`). Eq. (14)'s memberships
         and the denoised values are computed before it; the clusters change only
         through ``final_mixture``, fitted on the aligned embedding.
+    alignment_mixture
+        With ``final_alignment``, measure and remove each batch's offsets in the
+        clusters of an isotropic Gaussian mixture fitted on the codes (EM from eq.
+        (14)'s memberships, :func:`~deepbid.cluster.fit_mixture`; not in the paper)
+        instead of eq. (14)'s: where eq. (14)'s hard clusters merge two types whose
+        batch mixes differ, the merged cluster's "offset" is that difference of
+        composition, and removing it pulls the batches apart.
     final_scaling
         With ``final_alignment``, also scale each batch's cells in each cluster
         about their centroid so that their median squared distance from it is the
@@ -150,10 +161,12 @@ class Settings:
     local_target: str = "global"
     local_membership: float = 0.95
     kappa_align: float = 0.0
+    leiden_start: bool = True
     weighted_memberships: bool = True
     n_mixing_clusters: int | None = None
     input_dropout: float = 0.7
     final_alignment: bool = True
+    alignment_mixture: bool = True
     final_scaling: bool = True
     final_mixture: bool = True
 
