@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from deepbid.errors import InputError
+from .errors import InputError
 
 
 def active() -> bool:

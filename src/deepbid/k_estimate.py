@@ -385,11 +385,10 @@ def partition_with_k(
     Leiden on the batch-balanced graph of the K rule, at a resolution found by
     bisection on its logarithm, as a scanpy user tunes ``resolution`` to a known
     number of types. k-means on the codes, the paper's start, splits the large types
-    of an unequal mix and merges the small ones, and on codes that still carry the
-    batch effect it divides types by batch (pancreas, 3 donors, K = 10 given, 8
+    of an unequal mix and merges the small ones (pancreas, 3 donors, K = 10 given, 8
     fits: ARI 0.835 after training from k-means, 0.904 from this start; from Leiden
-    on the plain kNN graph 0.874). Where no resolution gives ``n_clusters``
-    clusters, k-means does.
+    on the plain kNN graph 0.874; README, defaults table). Where no resolution gives
+    ``n_clusters`` clusters, k-means does.
     """
     batch = np.unique(batch, return_inverse=True)[1]
     x = _pca(h, seed)
