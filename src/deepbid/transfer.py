@@ -20,8 +20,8 @@ UNASSIGNED = "unassigned"
 #: Neighbours of each cell in the graph the labels spread over (scanpy's default).
 NEIGHBOURS = 15
 #: Share of a cell's label distribution that comes from its neighbours at each step of
-#: the spreading (scikit-learn's default); the rest stays with its own starting label,
-#: so a given label is never overruled by its neighbourhood.
+#: the spreading (scikit-learn's default); the rest is its own given label (none where
+#: unknown), so a given label outweighs its neighbourhood.
 ALPHA = 0.2
 #: Steps of the spreading; it converges well before on every benchmark file.
 MAX_STEPS = 100
@@ -31,11 +31,11 @@ def cosine_knn_graph(x: np.ndarray, y: np.ndarray | None = None) -> sp.csr_matri
     """Symmetric unweighted adjacency ``(n, n)`` linking each of the ``(n, d)`` rows of
     ``x`` to its :data:`NEIGHBOURS` nearest rows by angle.
 
-    The angle rather than the Euclidean distance because the codes' length varies
-    between cells of one type (on the pancreas its 10-90 % range is 8.0-10.5), and a
-    vote among Euclidean neighbours of deepbid's codes transferred 1.4 points fewer
-    labels there (``benchmarks/label_transfer.py``). ``y`` is unused: scikit-learn's
-    kernel signature.
+    The angle rather than the Euclidean distance: the length of the embedding's vectors
+    varies inside a type (on the pancreas its 10-90 % range is 8.0-10.5), and a 15-NN
+    vote in deepbid's embedding labels 92.5 % of the hidden pancreas cells right by
+    distance, 94.6 % by angle (``benchmarks/label_transfer.py``). ``y`` is unused:
+    scikit-learn's kernel signature.
     """
     unit = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
     idx, _ = neighbors.knn(unit, NEIGHBOURS + 1)
