@@ -106,9 +106,11 @@ def provenance() -> dict[str, str | int]:
 
 def datasets(only: list[str] | None) -> dict[str, callable]:
     """Name -> loader of every shared file and scenario (those in ``only``, if given)."""
-    loaders = {
-        path.stem: (lambda p=path: ad.read_h5ad(p)) for path in sorted(SHARED.glob("*.h5ad"))
-    }
+    files = sorted(SHARED.glob("*.h5ad"))
+    if not files:
+        # a run without the real files would silently score the scenarios alone
+        raise SystemExit(f"no .h5ad files in {SHARED}: the shared data must sit beside the repo")
+    loaders = {path.stem: (lambda p=path: ad.read_h5ad(p)) for path in files}
     loaders |= {name: (lambda a=args: simulate(**a)) for name, args in SCENARIOS.items()}
     return {name: load for name, load in loaders.items() if not only or name in only}
 
