@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LABEL_KEY",
         help="obs column with labels for some cells ('unknown', 'unID' or missing for the "
-        "others): label the others from their clusters, in obs['LABEL_KEY_deepbid'] with "
+        "others): label the others from their labelled neighbours in the embedding, "
+        "never in a cluster without labelled cells, in obs['LABEL_KEY_deepbid'] with "
         "obs['LABEL_KEY_deepbid_confidence']",
     )
     integrate.add_argument("--layer", default=None, help="layer holding raw counts (default: X)")

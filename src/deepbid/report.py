@@ -94,10 +94,10 @@ def write_report(
     if transferred is not None:
         sections += [
             f"<h2>Labels transferred to {html.escape(transferred.index.name)}_deepbid</h2>",
-            "<p>Cells without a label take the label shares of the labelled cells of their "
-            "clusters, weighted by the soft memberships; confidence is the share of the "
-            "cell's membership behind its label; 'unassigned': clusters without labelled "
-            "cells.</p>",
+            "<p>The known labels spread over the graph of each cell's 15 nearest cells "
+            "(by angle in the embedding); confidence is the share of the cell's label "
+            "distribution behind its label; 'unassigned': the cell's membership in "
+            "clusters without labelled cells.</p>",
             transferred.to_html(float_format=lambda v: f"{v:.3f}", na_rep=""),
         ]
     sections += ["<h2>Settings</h2>", settings.to_html()]
