@@ -169,7 +169,9 @@ def as_igraph(adjacency: sp.spmatrix) -> igraph.Graph:
     stored = coo.data != 0
     graph = igraph.Graph(
         n=adjacency.shape[0],
-        edges=np.column_stack([coo.row[stored], coo.col[stored]]).tolist(),
+        # pairs of Python ints: igraph reads these several times faster than the
+        # rows of a 2-column array's tolist()
+        edges=list(zip(coo.row[stored].tolist(), coo.col[stored].tolist(), strict=True)),
         directed=False,
     )
     graph.es["weight"] = coo.data[stored].tolist()
