@@ -75,7 +75,10 @@ class Trainer:
         ``seconds`` the epoch's minibatch steps took.
         """
         params = list(params)
-        optimiser = torch.optim.Adam(params, lr=self.settings.lr)
+        # the fused update is one pass over each parameter instead of a dozen, a
+        # third of the optimiser's time on CPU; other devices keep the default
+        fused = self.device.type in ("cpu", "cuda") or None
+        optimiser = torch.optim.Adam(params, lr=self.settings.lr, fused=fused)
         # batch_size and epoch_cells are global: processes split them, so a
         # distributed run takes the same steps per epoch as a single process
         world = distributed.world_size()
