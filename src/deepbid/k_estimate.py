@@ -36,7 +36,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
-from . import distributed
+from . import distributed, neighbors
 from .cluster import gathered_sample, nearest
 
 #: Leiden resolutions tried when the number of clusters is estimated.
@@ -74,12 +74,7 @@ def knn_graph(x: np.ndarray, k: int = NEIGHBOURS) -> sp.csr_matrix:
     n = x.shape[0]
     k = min(k + 1, n)
     _, idx = NearestNeighbors(n_neighbors=k).fit(x).kneighbors(x)
-    rows, cols = np.repeat(np.arange(n), k), idx.ravel()
-    keep = rows != cols
-    graph = sp.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, n))
-    graph = graph.maximum(graph.T)
-    graph.data[:] = 1.0
-    return graph
+    return neighbors.adjacency(np.repeat(np.arange(n), k), idx.ravel(), n)
 
 
 def batch_balanced_graph(x: np.ndarray, batch: np.ndarray, k: int) -> sp.csr_matrix:
@@ -95,12 +90,7 @@ def batch_balanced_graph(x: np.ndarray, batch: np.ndarray, k: int) -> sp.csr_mat
         _, idx = NearestNeighbors(n_neighbors=k_b).fit(x[members]).kneighbors(x)
         rows.append(np.repeat(np.arange(n), k_b))
         cols.append(members[idx.ravel()])
-    rows, cols = np.concatenate(rows), np.concatenate(cols)
-    keep = rows != cols
-    graph = sp.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, n))
-    graph = graph.maximum(graph.T)
-    graph.data[:] = 1.0
-    return graph
+    return neighbors.adjacency(np.concatenate(rows), np.concatenate(cols), n)
 
 
 def within_batch_silhouette(

@@ -62,6 +62,16 @@ def knn(
     return _self_first(idx.astype(np.int64), dist.astype(np.float32))
 
 
+def adjacency(rows: np.ndarray, cols: np.ndarray, n: int) -> sp.csr_matrix:
+    """Symmetric unweighted adjacency ``(n, n)`` of the links ``rows[i] -> cols[i]``:
+    1 where either of two cells lists the other, a cell's link to itself dropped."""
+    keep = rows != cols
+    graph = sp.csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])), shape=(n, n))
+    graph = graph.maximum(graph.T)
+    graph.data[:] = 1.0  # a pair listed twice was summed
+    return graph
+
+
 def _self_first(idx: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Put each cell first in its own row at distance exactly 0.
 

@@ -40,10 +40,7 @@ def cosine_knn_graph(x: np.ndarray, y: np.ndarray | None = None) -> sp.csr_matri
     unit = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
     idx, _ = neighbors.knn(unit, NEIGHBOURS + 1)
     n, k = idx.shape
-    rows = np.repeat(np.arange(n), k - 1)
-    graph = sp.csr_matrix((np.ones(rows.size), (rows, idx[:, 1:].ravel())), shape=(n, n))
-    graph = graph.maximum(graph.T)
-    return graph.tocsr()
+    return neighbors.adjacency(np.repeat(np.arange(n), k), idx.ravel(), n)
 
 
 def transfer_labels(
