@@ -150,11 +150,12 @@ def save(rows: list[dict], out: Path, name: str, markdown: Callable[[pd.DataFram
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """``table`` as a Markdown table, numbers to 3 decimals."""
+    """``table`` as a Markdown table, numbers to 3 decimals (``–`` where missing)."""
     header = [table.index.name or "", *table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in table.iterrows():
-        lines.append("| " + " | ".join([str(name), *(f"{v:.3f}" for v in row)]) + " |")
+        cells = ("–" if pd.isna(v) else f"{v:.3f}" for v in row)
+        lines.append("| " + " | ".join([str(name), *cells]) + " |")
     return "\n".join(lines)
 
 
