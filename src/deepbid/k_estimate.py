@@ -394,20 +394,20 @@ def partition_with_k(
     x = _pca(h, seed)
     graph = as_igraph(batch_balanced_graph(x, batch, NEIGHBOURS_PER_BATCH))
     low, high = np.log(RESOLUTION_RANGE)
-    exact: dict[float, np.ndarray] = {}
+    # a hit lowers the upper bracket to it, so every later hit is at a lower resolution
+    lowest: tuple[float, np.ndarray] | None = None
     for _ in range(RESOLUTION_STEPS):
         middle = (low + high) / 2
         labels = leiden(graph, float(np.exp(middle)), seed)
         found = int(labels.max()) + 1
         if found == n_clusters:
-            exact[middle] = labels
+            lowest = (middle, labels)
         low, high = (middle, high) if found < n_clusters else (low, middle)
-        if exact and high - low < np.log(RESOLUTION_PRECISION):
+        if lowest is not None and high - low < np.log(RESOLUTION_PRECISION):
             break
-    if not exact:
+    if lowest is None:
         return _kmeans(h, n_clusters, seed), {"resolution": float("nan")}
-    lowest = min(exact)
-    return exact[lowest], {"resolution": float(np.exp(lowest))}
+    return lowest[1], {"resolution": float(np.exp(lowest[0]))}
 
 
 def _partition(
