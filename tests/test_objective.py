@@ -31,9 +31,12 @@ def _trainer(small, **overrides):
     """The small network and short schedule of the other tests (``FAST``), with every
     term of the objective on unless ``overrides`` switch it off."""
     settings = Settings.given(
-        **{k: v for k, v in FAST.items() if k != "progress"},
-        n_mixing_clusters=12,
-        **{**ALL_TERMS, **overrides},
+        **{
+            **{k: v for k, v in FAST.items() if k != "progress"},
+            "n_mixing_clusters": 12,
+            **ALL_TERMS,
+            **overrides,
+        }
     )
     view = prepare(small, "batch", n_top_genes=settings.n_top_genes)
     settings = settings.for_cells(view.n_cells)
@@ -87,3 +90,26 @@ def test_training_lowers_loss_on_real_data(small):
     assert trainer.history["pretrain"]["nb"][-1] < trainer.history["pretrain"]["nb"][0]
     for term in (*TERMS, "mixing_across_nats", "mixing_local_nats", "batch_share_in_clusters"):
         assert len(history[term]) == FAST["epochs"] and np.isfinite(history[term]).all()
+
+
+@pytest.mark.parametrize("when", [0.5, 1.0])
+@pytest.mark.parametrize("drawn, kept", [(4, 4), (2, 3)])
+def test_the_partition_is_drawn_again_once_and_taken_only_if_finer(small, when, drawn, kept):
+    """With K estimated the trainer draws the partition again once, after
+    ``reestimate_at`` of the clustering epochs; fuzzy k-means restarts from a finer
+    answer (4 clusters after 3) and ignores a coarser one (2)."""
+    epochs = 4
+    at = int(when * epochs)
+    view, module, trainer = _trainer(small, epochs=epochs, reestimate_at=when)
+    h = embed(module, view, torch.device("cpu"))
+    calls = []
+
+    def repartition(codes):
+        calls.append(len(trainer.history.get("cluster", {}).get("total", [])) + 1)
+        return KMeans(drawn, n_init=3, random_state=0).fit_predict(codes.numpy())
+
+    labels = KMeans(3, n_init=3, random_state=0).fit_predict(h.numpy())
+    trainer.cluster(view, h, labels, Bar(), repartition)
+    assert calls == [at]
+    counts = trainer.history["cluster"]["n_clusters"]
+    assert counts == [3.0] * (at - 1) + [float(kept)] * (epochs - at + 1)

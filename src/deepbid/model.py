@@ -153,7 +153,7 @@ class DeepBID:
             self.k_estimate = {"pretrained": first}
 
             def repartition(codes: torch.Tensor) -> np.ndarray:
-                labels, self.k_estimate["halfway"] = k_estimate.initial_partition(
+                labels, self.k_estimate["trained"] = k_estimate.initial_partition(
                     codes.cpu().numpy(), view.batch_codes, None, self.seed
                 )
                 return labels

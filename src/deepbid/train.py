@@ -177,16 +177,17 @@ class Trainer:
         statistics of the mixing terms after every epoch.
 
         ``repartition`` (codes -> hard labels), when given, draws the partition
-        afresh once, after half the epochs, and fuzzy k-means restarts from it if
-        it has more clusters: on codes whose batches have been mixed, types that
-        the pretrained codes blurred together (with batch effects) can come apart.
+        afresh once, after ``Settings.reestimate_at`` of the epochs (by default the
+        last), and fuzzy k-means restarts from it if it has more clusters: on codes
+        whose batches have been mixed, types that the pretrained codes blurred
+        together (with batch effects) can come apart.
 
         Returns
         -------
         ``(centres (K, d), memberships (n, K))`` at the end of training.
         """
         self.start_clustering(view, h, labels)
-        halfway = self.settings.epochs // 2
+        again = max(1, int(self.settings.reestimate_at * self.settings.epochs))
         epoch = 0
 
         def update() -> dict[str, float]:
@@ -194,7 +195,7 @@ class Trainer:
             epoch += 1
             old = self.state["p"]
             codes = embed(self.module, view, self.device)
-            if repartition is not None and epoch == halfway:
+            if repartition is not None and epoch == again:
                 labels = repartition(codes)
                 # only a finer partition is taken: mixing can pull types together
                 # as well as apart, and a merged type cannot be recovered
