@@ -150,6 +150,30 @@ def test_scan_outlier_cannot_win_on_silhouette(monkeypatch):
     np.testing.assert_array_equal(labels, types)
 
 
+def test_coarse_division_recurring_at_low_resolutions_is_set_aside(monkeypatch):
+    """The two groups of the test above, found at the two lowest resolutions of each
+    graph: four partitions agree with each other, so no fence of the agreements flags
+    them (Tukey's, 1.5 interquartile ranges below the first quartile, did not), but they
+    are the quarter of the scan that the rest reproduces least and are not chosen."""
+    x, types, batches = blobs(n_per=30, n_types=8, n_batches=3, sep=1.0, shift=0.3, seed=2)
+    x[types >= 4] += 8.0
+    groups = (types >= 4).astype(np.int64)
+    low = k_estimate.RESOLUTIONS[:2]
+
+    def scan(graph, resolution, seed=0):
+        return groups if resolution in low else types
+
+    monkeypatch.setattr(k_estimate, "leiden", scan)
+    labels, report = k_estimate.estimate_partition(x, batches, seed=0)
+    coarse = np.isin(report["resolution"], low)
+    agreement = np.array(report["agreement"])
+    q1, q3 = np.quantile(agreement, [0.25, 0.75])
+    assert agreement[coarse].min() > q1 - 1.5 * (q3 - q1)  # inside Tukey's fence
+    assert np.array(report["score"])[coarse].min() > np.array(report["score"])[~coarse].max()
+    assert report["outlier"] == coarse.tolist()
+    np.testing.assert_array_equal(labels, types)
+
+
 def test_type_held_by_one_batch_keeps_its_own_cluster():
     """Two types, each captured by one batch only, lie closer to each other than to
     the shared types (as CD141 and CD1C dendritic cells in the DC data): the
