@@ -66,3 +66,17 @@ def test_true_means_follow_the_stored_parameters():
     # the counts follow: each cell's count total is close to its library size
     ratio = np.asarray(a.X.sum(axis=1)).ravel() / a.obs["library"].to_numpy()
     assert 0.95 < np.median(ratio) < 1.05
+
+
+def test_families_put_their_types_close_together_and_far_from_other_families():
+    a = simulate(300, 400, n_batches=2, n_types=6, families=2, family_difference=0.3, seed=7)
+    profile = a.uns["simulate"]["type_log_profile"].astype(np.float64)
+    distance = np.linalg.norm(profile[:, None] - profile[None], axis=-1)
+    family = np.arange(6) * 2 // 6  # types 0-2 and 3-5
+    same = family[:, None] == family[None]
+    within = distance[same & ~np.eye(6, dtype=bool)]
+    assert within.max() < 0.5 * distance[~same].min()
+    # without families the types lie about as far apart as families do
+    plain = simulate(300, 400, n_batches=2, n_types=6, seed=7).uns["simulate"]["type_log_profile"]
+    spread = np.linalg.norm(plain[:, None] - plain[None], axis=-1)[~np.eye(6, dtype=bool)]
+    assert within.max() < 0.5 * spread.min()

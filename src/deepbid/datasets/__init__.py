@@ -32,6 +32,8 @@ def simulate(
     batch_specific: int = 0,
     close_pairs: int = 0,
     close_difference: float = 0.3,
+    families: int = 0,
+    family_difference: float = 0.3,
     de_fraction: float = 0.1,
     de_strength: float = 1.5,
     batch_strength: float = 0.2,
@@ -65,6 +67,12 @@ def simulate(
         the first plus a small difference: changes on ``de_fraction`` of genes of
         ``close_difference`` times the usual strength (like the RNA mixtures of
         CellBench, where groups differ by a fraction of their profile).
+    families
+        The types fall into this many families (type ``t`` in family
+        ``t * families // n_types``): every type of a family shares its family's
+        changes (drawn as a type's are), and its own changes (close pairs included)
+        are scaled by ``family_difference``, so the families lie far apart and their
+        types close together (endocrine against exocrine pancreas cells).
     true_means
         Also store ``layers['true_mean']``, the NB mean every count was drawn from
         (dense, so ``n_cells * n_genes * 4`` bytes). The counts and everything else
@@ -102,6 +110,9 @@ def simulate(
         near = changes(de_strength * close_difference)
         for i in range(close_pairs):
             de[2 * i + 1] = de[2 * i] + near[2 * i + 1]
+    if families:
+        family = changes(de_strength)[:families]
+        de = family[np.arange(n_types) * families // n_types] + family_difference * de
     batch_scale = rng.normal(0, batch_strength, (n_batches, n_genes))
     library_shift = rng.normal(0, 0.3, n_batches)
     if type_shares is None:
