@@ -49,7 +49,8 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 #: Simulated scenarios (``deepbid.datasets.simulate`` arguments), each a known failure
 #: mode of integration: types held by one batch only, one dominant type with rare
-#: ones, a pair of close types across six batches, and a strong batch effect.
+#: ones, a pair of close types across six batches, a strong batch effect, and two
+#: families of four types each (far apart, their types close: a hierarchy).
 SCENARIOS = {
     "sim_batch_specific": dict(
         n_cells=3000, n_batches=3, n_types=8, batch_specific=2, type_shares=[1] * 8, seed=1
@@ -64,6 +65,9 @@ SCENARIOS = {
     "sim_close_6batches": dict(n_cells=3000, n_batches=6, n_types=6, close_pairs=1, seed=3),
     "sim_strong_batch": dict(
         n_cells=3000, n_batches=3, n_types=6, batch_specific=1, batch_strength=0.6, seed=4
+    ),
+    "sim_families": dict(
+        n_cells=3000, n_batches=3, n_types=8, families=2, family_difference=0.5, seed=5
     ),
 }
 #: Variants of the mixing term compared by ``--ablation`` (settings of DeepBID), each
