@@ -138,3 +138,15 @@ def test_genes_without_counts_are_never_selected(small):
     adata.X = x.tocsr()
     view = prepare(adata, "batch", n_top_genes=2000)
     assert not set(view.genes) & set(adata.var_names[:25])
+
+
+def test_non_integer_counts_get_a_clear_error(small):
+    """Counts that are not whole numbers (ambient-RNA corrected, say) are no log data:
+    read as such, scanpy's gene selection overflowed with a pandas error."""
+    adata = small.copy()
+    adata.X = adata.X.astype(np.float64)
+    adata.X.data[np.argmax(adata.X.data)] += 0.5
+    with pytest.raises(InputError, match="round them first"):
+        prepare(adata, "batch", n_top_genes=200)
+    adata.X.data = np.rint(adata.X.data)
+    assert prepare(adata, "batch", n_top_genes=200).is_counts

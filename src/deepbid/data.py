@@ -26,6 +26,9 @@ from .errors import InputError, InputWarning
 MIN_CELLS_PER_BATCH = 5
 #: The paper's per-cell normalisation target before ``log1p``.
 TARGET_SUM = 1e4
+#: Largest value log-normalised input holds: ``log1p`` of counts per million, the
+#: largest target scanpy users normalise to. Larger non-integer values are counts.
+MAX_LOG_VALUE = float(np.log1p(1e6))
 #: Rows of the expression matrix read at a time (memory of one block: its non-zeros).
 BLOCK_CELLS = 10_000
 #: Cells of each batch that gene selection reads: all of a batch up to this size, a
@@ -254,15 +257,35 @@ def _scan(
 
     Returns
     -------
-    ``(library (rows read,), whether all values are integers, kept rows)``.
+    ``(library (rows read,), whether all values are integers, kept rows, largest
+    value)``.
     """
-    library, kept, is_counts = [], [], True
+    library, kept, is_counts, largest = [], [], True, 0.0
     n_cols = source.shape[1]
     for rows, part in _blocks(source, runs):
         is_counts &= check_values(part, where, rows)
         library.append(np.asarray(part.sum(axis=1)).ravel())
         kept.append(part[keep[rows]])
-    return np.concatenate([np.zeros(0), *library]), is_counts, _stack(kept, n_cols)
+        largest = max(largest, float(part.data.max(initial=0.0)))
+    return np.concatenate([np.zeros(0), *library]), is_counts, _stack(kept, n_cols), largest
+
+
+def check_log_scale(largest: float, where: str) -> None:
+    """Reject non-integer input whose ``largest`` value no log-normalised matrix holds.
+
+    Such values are counts that are not whole numbers (after ambient-RNA correction,
+    say); read as log data, the gene selection would exponentiate them past overflow.
+    Under ``torch.distributed`` every process raises when any holds such a value.
+    """
+    if distributed.all_max(int(largest > MAX_LOG_VALUE)):
+        raise InputError(
+            f"{where} holds non-integer values, so it would be read as log-normalised "
+            f"data, but its values reach {largest:.6g}, more than such data hold (log1p of "
+            f"counts per million stays below {MAX_LOG_VALUE:.1f}). If these are counts "
+            "that are not whole numbers (after "
+            "ambient-RNA correction, say), round them first (for a sparse matrix: "
+            "adata.X.data = np.rint(adata.X.data)), or pass layer= naming the raw counts"
+        )
 
 
 def _gather(source: object, runs: list[slice], rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
@@ -429,11 +452,12 @@ def prepare(
     except InputError as err:
         error = err
     distributed.raise_together(error)
-    own_library, is_counts, sampled = scanned
+    own_library, is_counts, sampled, largest = scanned
     del scanned  # the sample is dropped once genes are selected
     library = distributed.gather_rows(own_library, owned, adata.n_obs)
     is_counts = bool(distributed.all_min(int(is_counts)))
     if not is_counts:
+        check_log_scale(largest, where)
         warnings.warn(
             f"{where} holds non-integer values, so it is taken as log-normalised data: the "
             "encoder reads it as it is and the NB likelihood uses its rounded values (the "
@@ -622,11 +646,13 @@ def prepare_like(
     source = get_matrix(adata, layer)
     where = f"adata.layers[{layer!r}]" if layer else "adata.X"
     runs = _runs(np.arange(adata.n_obs))
-    library, query_counts, _ = _scan(source, runs, where, np.zeros(adata.n_obs, bool))
+    library, query_counts, _, largest = _scan(source, runs, where, np.zeros(adata.n_obs, bool))
     if is_counts and not query_counts:
         raise InputError(
             f"the model was trained on raw counts but {where} holds non-integer values"
         )
+    if not query_counts:
+        check_log_scale(largest, where)
     cells = library > 0
     if not cells.any():
         raise InputError(f"every cell in {where} has zero counts")
