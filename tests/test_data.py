@@ -52,6 +52,17 @@ def test_lognormalised_input_warns_and_rounds(small):
     assert np.all(view.size_factors == 1)
 
 
+def test_lognormalised_input_with_raw_counts_points_to_them(small):
+    adata = small.copy()
+    adata.raw = adata
+    adata.X = adata.X.copy()
+    adata.X.data = np.log1p(adata.X.data)
+    with pytest.warns(InputWarning, match=r"adata\.raw\.to_adata\(\)"):
+        prepare(adata, "batch", n_top_genes=200)
+    raw = adata.raw.to_adata()
+    assert "batch" in raw.obs and prepare(raw, "batch", n_top_genes=200).is_counts
+
+
 def test_zero_count_cells_are_dropped_with_a_count(small):
     adata = small.copy()
     x = adata.X.tolil()
@@ -114,6 +125,17 @@ def test_tiny_batch_is_named(small):
     adata.obs["batch"] = labels
     with pytest.raises(InputError, match="'tiny' \\(4 cells\\)"):
         prepare(adata, "batch")
+
+
+def test_batch_of_zero_count_cells_says_so(small):
+    adata = small.copy()
+    first = adata.obs["batch"].astype(str).to_numpy() == str(adata.obs["batch"].iloc[0])
+    x = adata.X.tolil()
+    x[np.flatnonzero(first), :] = 0
+    adata.X = x.tocsr()
+    with pytest.warns(InputWarning, match="zero counts"):
+        with pytest.raises(InputError, match=f"\\(0 cells with counts, of {first.sum()}\\)"):
+            prepare(adata, "batch")
 
 
 def test_missing_layer_empty_and_not_anndata(small):

@@ -461,7 +461,13 @@ def prepare(
         warnings.warn(
             f"{where} holds non-integer values, so it is taken as log-normalised data: the "
             "encoder reads it as it is and the NB likelihood uses its rounded values (the "
-            "paper's fallback). Pass raw counts (layer=...) for the statistically sound model.",
+            "paper's fallback). Pass raw counts (layer=...) for the statistically sound model."
+            + (
+                " adata.raw is set: if it holds the raw counts, integrate "
+                "adata.raw.to_adata() (it keeps obs) instead."
+                if layer is None and adata.raw is not None
+                else ""
+            ),
             InputWarning,
             stacklevel=3,
         )
@@ -477,7 +483,13 @@ def prepare(
     if not cells.any():
         raise InputError(f"every cell in {where} has zero counts")
     categories = [str(c) for c in labels.categories]
-    _check_batches(batch_key, categories, np.bincount(all_codes[cells], minlength=len(categories)))
+    n = len(categories)
+    _check_batches(
+        batch_key,
+        categories,
+        np.bincount(all_codes[cells], minlength=n),
+        np.bincount(all_codes, minlength=n),
+    )
 
     median_library = float(np.median(library[cells])) if is_counts else 1.0
     if genes is None:
@@ -585,15 +597,20 @@ def _view(
     )
 
 
-def _check_batches(batch_key: str, categories: list[str], present: np.ndarray) -> None:
+def _check_batches(
+    batch_key: str, categories: list[str], present: np.ndarray, total: np.ndarray
+) -> None:
+    """Two batches or more, each with :data:`MIN_CELLS_PER_BATCH` cells that have counts
+    (``present`` of ``total`` cells per batch)."""
     if len(categories) < 2:
         raise InputError(
             f"adata.obs[{batch_key!r}] has a single batch ({categories[0]!r}); integration "
             "needs at least two. Check batch_key, or cluster a single batch with scanpy."
         )
+    # a batch whose cells have zero counts is no small batch: the message says which
     small = [
-        f"{c!r} ({n} cells)"
-        for c, n in zip(categories, present, strict=True)
+        f"{c!r} ({n} cells" + (f" with counts, of {t}" if t > n else "") + ")"
+        for c, n, t in zip(categories, present, total, strict=True)
         if n < MIN_CELLS_PER_BATCH
     ]
     if small:
