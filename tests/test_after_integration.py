@@ -108,16 +108,21 @@ def reference_and_query():
     return reference_and_query_data()
 
 
-def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_query):
+@pytest.mark.parametrize("alignment_mixture", [False, True])
+def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(
+    reference_and_query, alignment_mixture
+):
     reference, query = reference_and_query
-    model = DeepBID(n_clusters=4, seed=0, **FAST).fit(reference, "batch")
+    model = DeepBID(n_clusters=4, seed=0, alignment_mixture=alignment_mixture, **FAST).fit(
+        reference, "batch"
+    )
     # the spreads the scales aim at are each batch's radii about its own mean in the
-    # hard clusters of the mixture fitted on the codes (the memberships the offsets
-    # are measured with), in the codes before alignment
+    # hard clusters of the memberships the offsets are measured with, in the codes
+    # before alignment
     codes = copy.copy(model)
     codes.settings = dataclasses.replace(model.settings, final_alignment=False)
     h = torch.from_numpy(codes.latent())
-    hard = cluster.mixture_posteriors(h, model.code_mixture).argmax(dim=1).numpy()
+    hard = model._offset_weights(h).argmax(dim=1).numpy()
     own = _spreads(codes.latent(), hard, model.train_view.batch_codes, 4)
     n = np.zeros((2, 4))
     np.add.at(n, (model.train_view.batch_codes, hard), 1)
@@ -130,9 +135,9 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(reference_and_q
     # soft centroids, which lean toward the other clusters in proportion to each batch's
     # mix, median iLISI fell from 1.62 to 1.02 on this reference under training-time
     # L_align). Nor where eq. 14's hard clusters merge two types (here ARI 0.86 against
-    # the types): measured in those clusters, the offset was the two batches' different
-    # mix of the types and removing it took iLISI from 1.82 to 1.64; in the clusters of
-    # the mixture fitted on the codes it is 1.82 -> 1.82
+    # the types): measured in those clusters at f6adfd8, the offset was the two batches'
+    # different mix of the types and removing it took iLISI from 1.82 to 1.64, which the
+    # mixture fitted on the codes (alignment_mixture) avoided; today both give 1.82 -> 1.83
     reference_batch = reference.obs["batch"].astype(str).to_numpy()
     aligned, raw = (
         np.median(deepbid.metrics.lisi(m.latent(), reference_batch)) for m in (model, codes)

@@ -133,9 +133,10 @@ class Settings:
         With ``final_alignment``, measure and remove each batch's offsets in the
         clusters of an isotropic Gaussian mixture fitted on the codes (EM from eq.
         (14)'s memberships, :func:`~deepbid.cluster.fit_mixture`; not in the paper)
-        instead of eq. (14)'s: where eq. (14)'s hard clusters merge two types whose
-        batch mixes differ, the merged cluster's "offset" is that difference of
-        composition, and removing it pulls the batches apart.
+        instead of eq. (14)'s. Off by default: the codes still hold the batch effect,
+        so with many batches the mixture can divide a large type by batch, and the
+        offsets measured in its clusters carry that division into the embedding
+        (20,000 cells, 8 batches: ARI 0.946 with it, 0.997 without).
     final_scaling
         With ``final_alignment``, also scale each batch's cells in each cluster
         about their centroid so that their median squared distance from it is the
@@ -176,7 +177,7 @@ class Settings:
     n_mixing_clusters: int | None = None
     input_dropout: float = 0.7
     final_alignment: bool = True
-    alignment_mixture: bool = True
+    alignment_mixture: bool = False
     final_scaling: bool = True
     final_mixture: bool = True
 
