@@ -121,6 +121,8 @@ def test_new_cells_need_known_batches_and_genes(small, tmp_path):
         (dict(device="cuda:0"), "CUDA"),
         (dict(input_dropout=1.0), "input_dropout must be in"),
         (dict(reestimate_at=0.0), "reestimate_at must be in"),
+        (dict(seed="0"), "seed must be a non-negative integer"),
+        (dict(seed=-1), "seed must be a non-negative integer"),
     ],
 )
 def test_bad_settings(small, kwargs, message):

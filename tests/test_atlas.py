@@ -99,13 +99,22 @@ def test_blockwise_and_backed_reading_give_the_same_view(small, monkeypatch, tmp
     _same_view(whole, view)
 
 
-def test_a_bad_value_in_a_later_block_names_its_cells(small, monkeypatch):
+def test_bad_values_in_any_block_name_their_cells(small, monkeypatch):
     monkeypatch.setattr(data, "BLOCK_CELLS", 50)
     adata = small.copy()
     x = adata.X.toarray()
     x[123, 4] = np.nan
     adata.X = sp.csr_matrix(x)
-    with pytest.raises(InputError, match=r"NaN or infinite values \(cells 100-149\)"):
+    with pytest.raises(
+        InputError, match=r"1 NaN or infinite values in 1 cell \(row 123\) of rows 100-149"
+    ):
+        prepare(adata, "batch")
+    x[[107, 123, 140, 141], 5] = -2.0
+    x[123, 4] = 0.0
+    adata.X = sp.csr_matrix(x)
+    with pytest.raises(
+        InputError, match=r"negative values .* in 4 cells \(rows 107, 123, 140, ...\) of rows 100-"
+    ):
         prepare(adata, "batch")
 
 

@@ -125,6 +125,15 @@ def test_tiny_batch_is_named(small):
     adata.obs["batch"] = labels
     with pytest.raises(InputError, match="'tiny' \\(4 cells\\)"):
         prepare(adata, "batch")
+    labels[1 : MIN_CELLS_PER_BATCH - 1] = labels[MIN_CELLS_PER_BATCH]
+    adata.obs["batch"] = labels
+    with pytest.raises(InputError, match="'tiny' \\(1 cell\\)"):
+        prepare(adata, "batch")
+
+
+def test_batch_key_must_name_one_column(small):
+    with pytest.raises(InputError, match="batch_key must name one column"):
+        prepare(small, ["batch"])
 
 
 def test_batch_of_zero_count_cells_says_so(small):

@@ -309,33 +309,55 @@ def _log_normalised(matrix: sp.csr_matrix, scale: np.ndarray) -> sp.csr_matrix:
     return out
 
 
+def _rows_named(matrix: sp.csr_matrix, bad: np.ndarray, rows: slice | None) -> str:
+    """The cells whose stored entries ``bad`` are, in a message: "1 cell (row 7)" or "40
+    cells (rows 3, 9, 12, ...)", positions in the whole matrix, of which ``matrix`` holds
+    the block ``rows`` (the scan stops at the first block with a bad value, so the message
+    names that block)."""
+    first = 0 if rows is None else rows.start
+    bad_rows = np.unique(np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))[bad])
+    shown = ", ".join(str(r + first) for r in bad_rows[:3]) + (", ..." if bad_rows.size > 3 else "")
+    named = (
+        f"1 cell (row {shown})" if bad_rows.size == 1 else f"{bad_rows.size} cells (rows {shown})"
+    )
+    return named if rows is None else f"{named} of rows {rows.start}-{rows.stop - 1}"
+
+
 def check_values(matrix: sp.csr_matrix, where: str, rows: slice | None = None) -> bool:
     """Reject NaN, infinite and negative values; tell whether all are integers.
 
-    ``rows`` names the block of cells ``matrix`` holds, for the message.
+    ``rows`` names the block of cells ``matrix`` holds, so that the message gives the
+    rows (0-based positions in ``adata``) of the cells that hold such values.
 
     Returns
     -------
     ``True`` when every value is a whole number (raw counts).
     """
     values = matrix.data
-    place = "" if rows is None else f" (cells {rows.start}-{rows.stop - 1})"
-    if not np.all(np.isfinite(values)):
-        n_bad = int(np.sum(~np.isfinite(values)))
+    finite = np.isfinite(values)
+    if not np.all(finite):
         raise InputError(
-            f"{where} holds {n_bad} NaN or infinite values{place}; deepbid needs raw counts "
+            f"{where} holds {int(np.sum(~finite))} NaN or infinite values in "
+            f"{_rows_named(matrix, ~finite, rows)}; deepbid needs raw counts "
             "(fix or remove those entries, or pass layer= naming the raw-count layer)"
         )
     if values.size and values.min() < 0:
         raise InputError(
-            f"{where} holds negative values (min {values.min():.3g}){place}; deepbid needs "
-            "raw counts, not scaled or centred data: pass layer= naming the raw-count layer"
+            f"{where} holds negative values (min {values.min():.3g}) in "
+            f"{_rows_named(matrix, values < 0, rows)}; deepbid needs raw counts, not "
+            "scaled or centred data: pass layer= naming the raw-count layer"
         )
     return bool(np.all(values == np.round(values)))
 
 
 def batch_labels(adata: ad.AnnData, batch_key: str) -> pd.Categorical:
     """Validated batch labels of ``adata`` as a pandas Categorical of strings."""
+    if not isinstance(batch_key, str):
+        raise InputError(
+            f"batch_key must name one column of adata.obs, got {batch_key!r}; to combine "
+            "several columns, join them into one first (e.g. adata.obs['batch'] = "
+            "adata.obs['donor'].astype(str) + '_' + adata.obs['protocol'].astype(str))"
+        )
     if batch_key not in adata.obs.columns:
         have = ", ".join(map(repr, adata.obs.columns)) or "none"
         raise InputError(f"batch_key {batch_key!r} not found in adata.obs (columns: {have})")
@@ -609,7 +631,7 @@ def _check_batches(
         )
     # a batch whose cells have zero counts is no small batch: the message says which
     small = [
-        f"{c!r} ({n} cells" + (f" with counts, of {t}" if t > n else "") + ")"
+        f"{c!r} ({n} cell{'' if n == 1 else 's'}" + (f" with counts, of {t}" if t > n else "") + ")"
         for c, n, t in zip(categories, present, total, strict=True)
         if n < MIN_CELLS_PER_BATCH
     ]

@@ -95,6 +95,8 @@ class DeepBID:
             raise InputError(
                 f"n_clusters must be an integer >= 2 or None (estimate it), got {n_clusters!r}"
             )
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
         self.n_clusters = n_clusters
         self.options = Settings.given(**settings)
         self.seed = seed
