@@ -6,6 +6,7 @@ import anndata as ad
 import pandas as pd
 import pytest
 
+import deepbid
 from deepbid.cli import main
 
 
@@ -18,6 +19,13 @@ def h5ad(small, tmp_path):
     path = tmp_path / "in.h5ad"
     small.write_h5ad(path)
     return path
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"deepbid {deepbid.__version__}"
 
 
 def test_help_explains_every_option(capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anndata as ad
 
-from . import distributed
+from . import __version__, distributed
 from .datasets import mixology_3cl
 from .errors import InputError, InputWarning, TrainingError
 from .evaluate import evaluate
@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deepbid",
         description="DeepBID: batch integration, clustering and denoising of scRNA-seq counts.",
     )
+    parser.add_argument("--version", action="version", version=f"deepbid {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     integrate = sub.add_parser(
         "integrate",
