@@ -121,8 +121,14 @@ def test_new_cells_need_known_batches_and_genes(small, tmp_path):
         (dict(device="cuda:0"), "CUDA"),
         (dict(input_dropout=1.0), "input_dropout must be in"),
         (dict(reestimate_at=0.0), "reestimate_at must be in"),
-        (dict(seed="0"), "seed must be a non-negative integer"),
-        (dict(seed=-1), "seed must be a non-negative integer"),
+        (dict(seed="0"), "seed must be an integer"),
+        (dict(seed=-1), "seed must be an integer in"),
+        (dict(seed=2**32), "seed must be an integer in"),
+        (dict(epochs=2.5), "epochs must be an integer or None"),
+        (dict(batch_size=0), "batch_size must be in"),
+        (dict(lr=0.0), "lr must be in"),
+        (dict(final_mixture=1), "final_mixture must be True or False"),
+        (dict(kappa2=-1.0), "kappa2 must be in"),
     ],
 )
 def test_bad_settings(small, kwargs, message):
@@ -133,6 +139,14 @@ def test_bad_settings(small, kwargs, message):
             pytest.skip("CUDA is present")
     with pytest.raises(InputError, match=message):
         deepbid.integrate(small, "batch", copy=True, **{**FAST, **kwargs})
+
+
+def test_unknown_transform_batch_is_refused_before_training(small, monkeypatch):
+    monkeypatch.setattr(DeepBID, "fit", lambda *args, **kwargs: pytest.fail("training ran"))
+    with pytest.raises(InputError, match=r"unknown batch\(es\) \['10x'\]"):
+        deepbid.integrate(small, "batch", transform_batch="10x")
+    with pytest.raises(InputError, match=r"unknown batch\(es\) \['7'\]"):
+        deepbid.integrate(small, "batch", transform_batch=7)
 
 
 def test_final_alignment_removes_batch_offsets_and_moves_nothing_else():

@@ -10,8 +10,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .data import batch_labels
 from .errors import InputError, InputWarning
-from .model import DeepBID
+from .model import DeepBID, batch_positions
 
 #: Keys ``integrate`` writes (``key`` is ``key_added``, default ``"deepbid"``).
 OUTPUT_KEYS = {
@@ -121,6 +122,9 @@ def integrate(
             "integrate it in place (copy=False: results go into its obs/obsm/uns in memory; "
             "save them with adata.write_h5ad(new_path)) or load it with adata.to_memory()"
         )
+    if transform_batch is not None:
+        # checked before training, which takes long, not when the matrix is decoded
+        batch_positions(transform_batch, list(batch_labels(adata, batch_key).categories))
     if denoised is False:
         # the decoder phase trains the decoder alone, for the denoised values: without
         # them it changes no output (embedding, clusters and memberships are the same)

@@ -47,6 +47,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+def batch_positions(names: object, categories: Sequence[str]) -> list[int]:
+    """Positions in ``categories`` of the batch(es) ``names`` of ``transform_batch``:
+    ``"average"`` (every batch), one name, or several (names may be numbers)."""
+    if np.ndim(names) == 0:
+        names = list(categories) if names == "average" else [names]
+    names = [str(n) for n in names]
+    unknown = [n for n in names if n not in categories]
+    if unknown or not names:
+        raise InputError(
+            f"transform_batch names unknown batch(es) {unknown}; use None, 'average' or "
+            f"one of the batches {list(categories)}"
+        )
+    return [list(categories).index(n) for n in names]
+
+
 class DeepBID:
     """DeepBID batch integration, clustering and denoising of scRNA-seq counts.
 
@@ -95,8 +110,13 @@ class DeepBID:
             raise InputError(
                 f"n_clusters must be an integer >= 2 or None (estimate it), got {n_clusters!r}"
             )
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+        # numpy's and scikit-learn's generators take seeds below 2**32
+        if (
+            not isinstance(seed, (int, np.integer))
+            or isinstance(seed, bool)
+            or not 0 <= seed < 2**32
+        ):
+            raise InputError(f"seed must be an integer in [0, 2**32), got {seed!r}")
         self.n_clusters = n_clusters
         self.options = Settings.given(**settings)
         self.seed = seed
@@ -493,15 +513,7 @@ class DeepBID:
         return self._rows(view, means)
 
     def _batch_codes(self, names: str | Sequence[str]) -> list[int]:
-        if isinstance(names, str):
-            names = list(self.batch_categories) if names == "average" else [names]
-        unknown = [str(n) for n in names if str(n) not in self.batch_categories]
-        if unknown or not names:
-            raise InputError(
-                f"transform_batch names unknown batch(es) {unknown}; use None, 'average' or "
-                f"one of the model's batches {list(self.batch_categories)}"
-            )
-        return [list(self.batch_categories).index(str(n)) for n in names]
+        return batch_positions(names, self.batch_categories)
 
     # -- persistence -----------------------------------------------------------------
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
+
+import numpy as np
 
 from .errors import InputError
 
@@ -31,6 +34,23 @@ DEFAULT_EPOCHS = {
 }
 #: The paper's (lambda1, lambda2) below and from LARGE_DATA_CELLS cells.
 PAPER_LAMBDAS = {False: (5.0, 0.01), True: (1.0, 1e-4)}
+#: Range of each numeric setting: ``(low, high, low included, high included)``; 0
+#: epochs skip a phase.
+RANGES = {
+    **dict.fromkeys(("hidden_dim", "latent_dim", "n_top_genes"), (1, math.inf, True, False)),
+    "batch_size": (2, math.inf, True, False),
+    "lr": (0.0, math.inf, False, False),
+    **dict.fromkeys(DEFAULT_EPOCHS, (0, math.inf, True, False)),
+    "epoch_cells": (2, math.inf, True, False),
+    **dict.fromkeys(
+        ("lambda1", "lambda2", "kappa1", "kappa2", "kappa_local", "kappa_align"),
+        (0.0, math.inf, True, False),
+    ),
+    "local_membership": (0.0, 1.0, False, False),
+    "reestimate_at": (0.0, 1.0, False, True),
+    "n_mixing_clusters": (2, math.inf, True, False),
+    "input_dropout": (0.0, 1.0, True, False),
+}
 
 
 def scaled_epochs(name: str, n_cells: int) -> int:
@@ -183,20 +203,19 @@ class Settings:
 
     @classmethod
     def given(cls, **values) -> Settings:
-        """Settings from user keywords, with a clear error for an unknown name or target."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
+        """Settings from user keywords, with a clear error for an unknown name, a value of
+        the wrong type or out of range, or an unknown ``local_target``."""
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise InputError(f"unknown setting(s) {unknown}; known: {sorted(names)}")
+            raise InputError(f"unknown setting(s) {unknown}; known: {sorted(fields)}")
+        for name, value in values.items():
+            _check_setting(name, value, str(fields[name].type))
         settings = cls(**values)
         if settings.local_target not in ("cluster", "global"):
             raise InputError(
                 f"local_target must be 'cluster' or 'global', got {settings.local_target!r}"
             )
-        if not 0 < settings.reestimate_at <= 1:
-            raise InputError(f"reestimate_at must be in (0, 1], got {settings.reestimate_at!r}")
-        if not 0 <= settings.input_dropout < 1:
-            raise InputError(f"input_dropout must be in [0, 1), got {settings.input_dropout!r}")
         return settings
 
     def for_cells(self, n_cells: int) -> Settings:
@@ -216,3 +235,29 @@ class Settings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check_setting(name: str, value: object, annotation: str) -> None:
+    """Raise :class:`InputError` unless ``value`` fits setting ``name`` of type
+    ``annotation`` (``"int"``, ``"float | None"``, ...) and its range."""
+    if value is None and annotation.endswith("| None"):
+        return
+    kind = annotation.removesuffix(" | None")
+    wanted = {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a string"}
+    fits = {
+        "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
+        "float": isinstance(value, numbers.Real) and not isinstance(value, bool),
+        "bool": isinstance(value, (bool, np.bool_)),
+        "str": isinstance(value, str),
+    }[kind]
+    if not fits:
+        none = " or None" if annotation.endswith("| None") else ""
+        raise InputError(f"{name} must be {wanted[kind]}{none}, got {value!r}")
+    if name not in RANGES:
+        return
+    low, high, closed_low, closed_high = RANGES[name]
+    above = value >= low if closed_low else value > low
+    below = value <= high if closed_high else value < high
+    if not (above and below):
+        interval = f"{'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}"
+        raise InputError(f"{name} must be in {interval}, got {value!r}")
