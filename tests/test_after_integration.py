@@ -277,7 +277,7 @@ def test_transfer_labels_never_guesses_for_unlabelled_clusters(mixology, model):
     with pytest.raises(InputError, match="run deepbid.integrate"):
         deepbid.transfer_labels(mixology.copy(), "cell_type")
     out.obs["none"] = "unknown"
-    with pytest.raises(InputError, match="no integrated cell has a known label"):
+    with pytest.raises(InputError, match="no cell has a known label"):
         deepbid.transfer_labels(out, "none")
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 import deepbid
+from deepbid import DeepBID
 from deepbid.cli import main
 
 
@@ -112,4 +113,26 @@ def test_refuses_to_overwrite_input_and_checks_keys(h5ad, tmp_path, capsys):
     assert "unknown device" in _error(
         ["integrate", str(h5ad), "-o", out, "--device", "gpu9"], capsys
     )
+    assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_destinations_that_would_fail_after_training_are_refused_first(
+    small, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(DeepBID, "fit", lambda *args, **kwargs: pytest.fail("training ran"))
+    small.obs["none"] = "unknown"
+    source = tmp_path / "in.h5ad"
+    small.write_h5ad(source)
+    out = str(tmp_path / "out.h5ad")
+    (tmp_path / "folder").mkdir()
+    a_file = tmp_path / "note.txt"
+    a_file.write_text("x")
+    run = ["integrate", str(source), "-o"]
+    assert "is a folder" in _error([*run, str(tmp_path / "folder")], capsys)
+    assert "--figures" in _error([*run, out, "--figures", str(a_file)], capsys)
+    assert "--report" in _error([*run, out, "--report", str(a_file)], capsys)
+    missing = str(tmp_path / "nowhere" / "m.csv")
+    assert "does not exist" in _error([*run, out, "--metrics", missing], capsys)
+    assert "no cell has a known label" in _error([*run, out, "--transfer-labels", "none"], capsys)
+    assert "is a file" in _error(["demo", "-o", str(a_file)], capsys)
     assert not (tmp_path / "out.h5ad").exists()

@@ -79,8 +79,12 @@ def test_report_page_embeds_every_figure(small, tmp_path, label):
         "3",
         "--quiet",
     ]
+    # with labels, the figures go to a folder of their own (the README's example)
     labelled = ["--label-key", "cell_type", "--transfer-labels", "partial"]
+    labelled += ["--figures", str(tmp_path / "figs")]
     assert main(argv + (labelled if label else [])) == 0
+    drawn = tmp_path / ("figs" if label else "report")
+    assert (drawn / "umap_after.png").exists() and (drawn / "loss_curves.png").exists()
     parser = _Images()
     parser.feed((tmp_path / "report" / "report.html").read_text())
     assert len(parser.sources) == len(FIGURES)

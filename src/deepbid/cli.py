@@ -17,7 +17,7 @@ from .evaluate import evaluate
 from .files import read_h5ad, write_atomically
 from .model import DeepBID, resolve_device
 from .report import write_report
-from .transfer import transfer_labels, transfer_summary
+from .transfer import known_labels, transfer_labels, transfer_summary
 
 
 def _model_from(args: argparse.Namespace) -> DeepBID:
@@ -47,8 +47,10 @@ def _run(
         return
     figures = figures or report
     transfer_key = getattr(args, "transfer_labels", None)
-    if transfer_key is not None and transfer_key not in adata.obs.columns:
-        raise InputError(f"--transfer-labels {transfer_key!r} is not a column of adata.obs")
+    if transfer_key is not None:
+        if transfer_key not in adata.obs.columns:
+            raise InputError(f"--transfer-labels {transfer_key!r} is not a column of adata.obs")
+        known_labels(adata, transfer_key)  # no labelled cell: say so before training
     table, scored = evaluate(
         adata,
         model,
@@ -74,6 +76,7 @@ def _run(
             label_key=args.label_key,
             transferred=transferred,
             cells=scored,
+            figures=figures,
         )
         print(f"report: {page}")
     if figures is not None:
@@ -89,11 +92,14 @@ def _integrate(args: argparse.Namespace) -> None:
         raise InputError("the output path is the input file; deepbid never overwrites its input")
     if not target.parent.is_dir():
         raise InputError(f"output folder {str(target.parent)!r} does not exist")
+    if target.is_dir():
+        raise InputError(f"the output path {str(target)!r} is a folder; name an .h5ad file")
     options = {
         "figures": Path(args.figures) if args.figures else None,
         "report": Path(args.report) if args.report else None,
         "metrics": Path(args.metrics) if args.metrics else target.with_suffix(".metrics.csv"),
     }
+    _check_destinations(**options)
     if distributed.rank() != 0:
         adata = read_h5ad(source, backed="r")
         try:
@@ -118,8 +124,21 @@ def _integrate(args: argparse.Namespace) -> None:
     print(f"integrated AnnData: {target}")
 
 
+def _check_destinations(figures: Path | None, report: Path | None, metrics: Path) -> None:
+    """Refuse, before training, destinations that could only fail once it is done."""
+    for option, folder in (("--figures", figures), ("--report", report)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            raise InputError(f"{option} {str(folder)!r} is a file; name a folder")
+    if metrics.is_dir():
+        raise InputError(f"--metrics {str(metrics)!r} is a folder; name a .csv file")
+    if not metrics.parent.is_dir():
+        raise InputError(f"the folder of --metrics {str(metrics)!r} does not exist")
+
+
 def _demo(args: argparse.Namespace) -> None:
     outdir = Path(args.outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"{str(outdir)!r} is a file; name a folder for the demo's outputs")
     outdir.mkdir(parents=True, exist_ok=True)
     print("deepbid demo: CellBench sc_mixology, 499 cells, 3 cell lines, CEL-seq2 + Drop-seq")
     args.batch_key, args.label_key, args.layer = "batch", "cell_type", None

@@ -23,6 +23,9 @@ FIGURES = {
     "loss_curves.png": "Per-epoch mean of every loss term, each training phase",
 }
 
+#: The figures the report draws itself; the others come from the evaluation.
+OWN_FIGURES = ("composition.png", "markers_dotplot.png")
+
 
 def _img(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -42,12 +45,14 @@ def write_report(
     label_key: str | None = None,
     transferred: pd.DataFrame | None = None,
     cells: np.ndarray | None = None,
+    figures: str | Path | None = None,
 ) -> Path:
     """Write ``report.html`` (figures embedded) into ``directory``.
 
     ``adata`` is the annotated result of :func:`deepbid.integrate` (marker genes
-    are added to it); ``directory`` must already hold ``umap_before.png``,
-    ``umap_after.png`` and ``loss_curves.png`` (as drawn by :func:`deepbid.evaluate.evaluate`).
+    are added to it); ``figures`` (``None``: ``directory``) must already hold
+    ``umap_before.png``, ``umap_after.png`` and ``loss_curves.png`` (as drawn by
+    :func:`deepbid.evaluate.evaluate`); the report's own figures go into ``directory``.
     ``transferred``, the table of :func:`deepbid.transfer.transfer_summary`, adds a
     label-transfer section. ``cells`` (indices into ``adata``; ``None``: all) are the
     cells whose marker genes are ranked and drawn, a sample on large data.
@@ -57,6 +62,8 @@ def write_report(
     The path of the page.
     """
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    drawn = directory if figures is None else Path(figures)
     kept = adata.obs["deepbid_cluster"].notna().to_numpy()
     plotting.composition(
         adata.obs["deepbid_cluster"].astype(str).to_numpy()[kept],
@@ -81,7 +88,10 @@ def write_report(
         "<h2>Metrics</h2>",
         metrics.to_html(float_format=lambda v: f"{v:.3f}", na_rep=""),
         "<h2>Figures</h2>",
-        *(_img(directory / name, caption) for name, caption in FIGURES.items()),
+        *(
+            _img((directory if name in OWN_FIGURES else drawn) / name, caption)
+            for name, caption in FIGURES.items()
+        ),
     ]
     if comparison is not None:
         sections += [

@@ -43,6 +43,33 @@ def cosine_knn_graph(x: np.ndarray, y: np.ndarray | None = None) -> sp.csr_matri
     return neighbors.adjacency(np.repeat(np.arange(n), k), idx.ravel(), n)
 
 
+def known_labels(
+    adata: ad.AnnData,
+    label_key: str,
+    unknown: Collection[object] = ("unknown", "unID", np.nan),
+) -> np.ndarray:
+    """``(n_obs,)`` boolean: the cells whose ``obs[label_key]`` holds a label, neither
+    missing nor one of ``unknown`` (``nan`` matches missing values).
+
+    Raises
+    ------
+    InputError
+        When ``label_key`` is not a column of ``adata.obs``, or no cell is labelled.
+    """
+    if label_key not in adata.obs.columns:
+        have = ", ".join(map(repr, adata.obs.columns)) or "none"
+        raise InputError(f"label_key {label_key!r} not found in adata.obs (columns: {have})")
+    column = adata.obs[label_key]
+    names = [u for u in unknown if not (isinstance(u, float) and np.isnan(u))]
+    given = ~column.isna().to_numpy() & ~column.astype(str).isin([str(u) for u in names]).to_numpy()
+    if not given.any():
+        raise InputError(
+            f"no cell has a known label in adata.obs[{label_key!r}] (unknown values: "
+            f"{list(unknown)})"
+        )
+    return given
+
+
 def transfer_labels(
     adata: ad.AnnData,
     label_key: str,
@@ -92,13 +119,8 @@ def transfer_labels(
                 f"adata.obsm[{where!r}] not found: run deepbid.integrate(adata, ...) first"
                 + ("" if key == "deepbid" else f" with key_added={key!r}")
             )
-    if label_key not in adata.obs.columns:
-        have = ", ".join(map(repr, adata.obs.columns)) or "none"
-        raise InputError(f"label_key {label_key!r} not found in adata.obs (columns: {have})")
+    given = known_labels(adata, label_key, unknown)
     column = adata.obs[label_key]
-    missing = column.isna().to_numpy()
-    names = [u for u in unknown if not (isinstance(u, float) and np.isnan(u))]
-    given = ~missing & ~column.astype(str).isin([str(u) for u in names]).to_numpy()
     p = np.asarray(adata.obsm[f"{key}_membership"], dtype=np.float64)
     z = np.asarray(adata.obsm[f"X_{key}"], dtype=np.float64)
     integrated = np.isfinite(p).all(axis=1) & np.isfinite(z).all(axis=1)
