@@ -74,7 +74,7 @@ def run(name: str, adata: ad.AnnData, seed: int) -> list[dict]:
         epochs = given or scaled_epochs("decoder_epochs", model.train_view.n_total)
         model.module.load_state_dict(fitted)
         settings = dataclasses.replace(model.settings, input_dropout=rate, decoder_epochs=epochs)
-        trainer = Trainer(model.module, settings, model.device, seed, progress=False)
+        trainer = Trainer(model.module, settings, model.device, seed)
         with tqdm(disable=True) as bar:
             trainer.fit_decoder(model.train_view, bar)
         out.append(scored(rate, epochs, given))

@@ -119,6 +119,7 @@ def test_new_cells_need_known_batches_and_genes(small, tmp_path):
         (dict(n_clusters=10_000), "more than the"),
         (dict(device="tpu"), "device"),
         (dict(device="cuda:0"), "CUDA"),
+        (dict(device="cuda:99"), "CUDA"),
         (dict(input_dropout=1.0), "input_dropout must be in"),
         (dict(reestimate_at=0.0), "reestimate_at must be in"),
         (dict(seed="0"), "seed must be an integer"),

@@ -154,8 +154,12 @@ def test_missing_layer_empty_and_not_anndata(small):
         prepare(small[:0].copy(), "batch")
     with pytest.raises(InputError, match="expected an AnnData"):
         prepare(small.X, "batch")
+    with pytest.raises(InputError, match="layer must name one layer"):
+        prepare(small, "batch", layer=["counts"])
     with pytest.raises(InputError, match="not in adata.var_names"):
         prepare(small, "batch", genes=["no-such-gene", small.var_names[0]])
+    with pytest.raises(InputError, match="a list of gene names, got the string"):
+        prepare(small, "batch", genes=small.var_names[0])
     all_zero = ad.AnnData(sp.csr_matrix((20, 5), dtype=np.float32))
     all_zero.obs["batch"] = ["a"] * 10 + ["b"] * 10
     with pytest.raises(InputError, match="zero counts"), pytest.warns(InputWarning):

@@ -79,8 +79,8 @@ def integrate(
     genes
         Train on exactly these genes instead of the per-batch HVG union.
     seed
-        Random seed; the same seed gives the same result on the same machine on the CPU
-        (on CUDA it need not, see :class:`~deepbid.DeepBID`).
+        Random seed; the same seed gives the same result on one machine, on the CPU and on
+        CUDA (see :class:`~deepbid.DeepBID`).
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     copy

@@ -161,7 +161,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--seed",
         type=int,
         default=0,
-        help="random seed; the same seed gives the same result on the CPU (default 0)",
+        help="random seed; the same seed gives the same result on one machine (default 0)",
     )
     parser.add_argument(
         "--device", default="auto", help="'auto' (CUDA when present, else CPU), 'cpu' or 'cuda'"

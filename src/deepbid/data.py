@@ -187,6 +187,8 @@ def get_matrix(adata: ad.AnnData, layer: str | None) -> object:
         if adata.X is None:
             raise InputError("adata.X is empty; pass layer= naming the layer that holds counts")
         return adata.X
+    if not isinstance(layer, str):
+        raise InputError(f"layer must name one layer of adata.layers, got {layer!r}")
     if layer not in adata.layers:
         have = ", ".join(map(repr, adata.layers.keys())) or "none"
         raise InputError(f"layer {layer!r} not found in adata.layers (layers present: {have})")
@@ -251,7 +253,7 @@ def _stack(parts: list[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
 
 def _scan(
     source: object, runs: list[slice], where: str, keep: np.ndarray
-) -> tuple[np.ndarray, bool, sp.csr_matrix]:
+) -> tuple[np.ndarray, bool, sp.csr_matrix, float]:
     """One pass over the rows ``runs``: check every value, sum each cell's library and
     keep the rows ``keep`` (``(n_obs,)`` boolean) with all genes.
 
@@ -309,25 +311,25 @@ def _log_normalised(matrix: sp.csr_matrix, scale: np.ndarray) -> sp.csr_matrix:
     return out
 
 
-def _rows_named(matrix: sp.csr_matrix, bad: np.ndarray, rows: slice | None) -> str:
-    """The cells whose stored entries ``bad`` are, in a message: "1 cell (row 7)" or "40
-    cells (rows 3, 9, 12, ...)", positions in the whole matrix, of which ``matrix`` holds
-    the block ``rows`` (the scan stops at the first block with a bad value, so the message
-    names that block)."""
-    first = 0 if rows is None else rows.start
+def _rows_named(matrix: sp.csr_matrix, bad: np.ndarray, rows: slice) -> str:
+    """The cells whose stored entries ``bad`` are, in a message: "1 cell (row 7) of rows
+    0-9999" or "40 cells (rows 3, 9, 12, ...) of rows 0-9999", positions in the whole
+    matrix, of which ``matrix`` holds the block ``rows`` (the scan stops at the first
+    block with a bad value, so the message names that block)."""
     bad_rows = np.unique(np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))[bad])
-    shown = ", ".join(str(r + first) for r in bad_rows[:3]) + (", ..." if bad_rows.size > 3 else "")
-    named = (
+    shown = ", ".join(str(r + rows.start) for r in bad_rows[:3])
+    shown += ", ..." if bad_rows.size > 3 else ""
+    cells = (
         f"1 cell (row {shown})" if bad_rows.size == 1 else f"{bad_rows.size} cells (rows {shown})"
     )
-    return named if rows is None else f"{named} of rows {rows.start}-{rows.stop - 1}"
+    return f"{cells} of rows {rows.start}-{rows.stop - 1}"
 
 
-def check_values(matrix: sp.csr_matrix, where: str, rows: slice | None = None) -> bool:
+def check_values(matrix: sp.csr_matrix, where: str, rows: slice) -> bool:
     """Reject NaN, infinite and negative values; tell whether all are integers.
 
-    ``rows`` names the block of cells ``matrix`` holds, so that the message gives the
-    rows (0-based positions in ``adata``) of the cells that hold such values.
+    ``matrix`` holds the block ``rows`` of cells, so that the message gives the rows
+    (0-based positions in ``adata``) of the cells that hold such values.
 
     Returns
     -------
@@ -643,6 +645,8 @@ def _check_batches(
 
 
 def _gene_mask(var_names: pd.Index, genes: Sequence[str]) -> np.ndarray:
+    if isinstance(genes, str):
+        raise InputError(f"genes= must be a list of gene names, got the string {genes!r}")
     genes = list(genes)
     missing = [g for g in genes if g not in var_names]
     if missing:

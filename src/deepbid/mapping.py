@@ -4,8 +4,10 @@ As scArches does for scVI, a new batch gets only what a batch owns in the
 network — a decoder input column (:meth:`~deepbid.module.Autoencoder.add_batches`)
 and a shift of the first encoder layer — and only those are trained, on the
 query's cells, with the NB likelihood (so the decoder column takes up the new
-batch's technical effect) and the k-means loss against the reference's fixed
-centres (so the shift moves the query onto the reference's clusters). Every
+batch's technical effect) and the distance of the query's membership-weighted
+cluster centroids from the reference's fixed centres
+(:func:`~deepbid.losses.centroid_alignment`: the shift moves the query as a group
+onto the reference's clusters). Every
 weight the training batches use stays as it was: the reference's embedding,
 clusters and denoised values do not change.
 """
@@ -48,7 +50,7 @@ def train_new_batches(
         The reference's clusters ``(K, d)``, eq. (14)'s temperature and ``(K,)`` log
         proportions, all held fixed.
     settings
-        The reference's settings, resolved for the query's size (epochs, lambda1).
+        The reference's settings, with ``epochs`` resolved for the query's size.
 
     Returns
     -------

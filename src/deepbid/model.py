@@ -42,6 +42,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise InputError(
             f"device {device!r} asked for but CUDA is not available; use 'auto' or 'cpu'"
         )
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise InputError(
+            f"device {device!r} asked for but this machine has {torch.cuda.device_count()} "
+            "CUDA device(s), numbered from 0"
+        )
     if resolved.type not in ("cpu", "cuda"):
         raise InputError(f"device {device!r} is not supported; use 'auto', 'cpu' or 'cuda'")
     return resolved

@@ -19,7 +19,8 @@ class Autoencoder(nn.Module):
     n_genes
         Input width ``f``.
     n_batches
-        Number of batches; used only when ``conditional`` is true.
+        Number of training batches: the decoder's one-hot input when ``conditional`` is
+        true (:meth:`add_batches` adds batches, each with an encoder shift).
     hidden_dim
         Width of the outer hidden layers (paper: 500).
     latent_dim

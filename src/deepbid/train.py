@@ -36,8 +36,6 @@ class Trainer:
         Where tensors live.
     seed
         Seeds the minibatch order (plus the process rank under torch.distributed).
-    progress
-        Show a progress bar over all epochs.
     """
 
     def __init__(
@@ -46,7 +44,6 @@ class Trainer:
         settings: Settings,
         device: torch.device,
         seed: int,
-        progress: bool = True,
     ) -> None:
         self.module = module
         self.settings = settings
@@ -54,7 +51,6 @@ class Trainer:
         self.seed = seed
         # processes of a distributed run shuffle their shards independently
         self.rng = np.random.default_rng(seed + distributed.rank())
-        self.progress = progress
         self.history: dict[str, dict[str, list[float]]] = {}
 
     def run_epochs(
