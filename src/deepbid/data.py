@@ -1,8 +1,9 @@
 """The data view: AnnData in, validated sparse matrices and batch codes out.
 
-Every check on the user's input lives here and runs before any training, so a
-bad file fails in seconds with an :class:`~deepbid.errors.InputError` that says
-what to fix, never half-way through an optimisation.
+Every check on the user's data lives here (settings are checked in
+:mod:`deepbid.settings`, the device in :mod:`deepbid.model`) and runs before any
+training, so a bad file fails in seconds with an :class:`~deepbid.errors.InputError`
+that says what to fix, never half-way through an optimisation.
 """
 
 from __future__ import annotations
