@@ -136,3 +136,12 @@ def test_destinations_that_would_fail_after_training_are_refused_first(
     assert "no cell has a known label" in _error([*run, out, "--transfer-labels", "none"], capsys)
     assert "is a file" in _error(["demo", "-o", str(a_file)], capsys)
     assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_a_system_error_is_one_line(h5ad, tmp_path, capsys, monkeypatch):
+    def refuse(source, target):
+        raise PermissionError(13, "Permission denied", target)
+
+    monkeypatch.setattr("shutil.copyfile", refuse)
+    err = _error(["integrate", str(h5ad), "-o", str(tmp_path / "out.h5ad")], capsys)
+    assert "Permission denied" in err and "out.h5ad" in err

@@ -275,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, TrainingError) as err:
         print(f"deepbid: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a folder not writable, a full disk: the system's words
+        where = f": {err.filename}" if err.filename else ""
+        print(f"deepbid: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
     finally:
         # after training, the other processes wait here while rank 0 writes the results
         distributed.close(wait=finished)
