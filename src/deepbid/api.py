@@ -148,9 +148,22 @@ def write_results(
 ) -> None:
     """Write a model's results for the cells of ``adata`` (see :data:`OUTPUT_KEYS`).
 
-    ``adata`` is the data the model was fitted (or mapped) on; for a loaded model,
-    any cells with its genes and batches, which are embedded afresh. ``denoised``:
-    as in :func:`integrate`.
+    Parameters
+    ----------
+    adata
+        The data the model was fitted (or mapped) on; for a loaded model, any cells
+        with its genes and batches, which are embedded afresh. Written in place.
+    model
+        A fitted, mapped or loaded :class:`~deepbid.DeepBID`.
+    key
+        Prefix of the keys written (``key_added`` of :func:`integrate`).
+    denoised, transform_batch
+        As in :func:`integrate`.
+
+    Raises
+    ------
+    InputError
+        When ``adata`` does not hold the cells the model was fitted on.
     """
     data = None if model.train_view is not None else adata
     if data is None and model.train_view.cells.size != adata.n_obs:

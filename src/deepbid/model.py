@@ -148,7 +148,28 @@ class DeepBID:
     ) -> DeepBID:
         """Select genes, pretrain, then optimise the full objective on ``adata``.
 
-        ``adata`` is read, never modified.
+        Parameters
+        ----------
+        adata
+            Cells x genes with raw counts in ``X`` or ``layers[layer]`` (dense, sparse,
+            or backed on disk); read, never modified.
+        batch_key
+            Column of ``adata.obs`` naming each cell's batch.
+        layer
+            Layer holding the raw counts; ``None`` reads ``X``.
+        genes
+            Train on exactly these genes instead of the per-batch HVG union.
+
+        Returns
+        -------
+        The fitted model itself, for chaining (``DeepBID().fit(adata).latent()``).
+
+        Raises
+        ------
+        InputError
+            For input that cannot be integrated, before any training.
+        TrainingError
+            When a loss becomes NaN or infinite.
         """
         view = prepare(
             adata, batch_key, layer=layer, genes=genes, n_top_genes=self.options.n_top_genes
@@ -555,7 +576,25 @@ class DeepBID:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "auto") -> DeepBID:
-        """Read a model written by :meth:`save`."""
+        """Read a model written by :meth:`save`.
+
+        Parameters
+        ----------
+        path
+            The model file.
+        device
+            ``"auto"``, ``"cpu"`` or ``"cuda"``: where the loaded network runs.
+
+        Returns
+        -------
+        The model, ready for :meth:`latent`, :meth:`denoised`, :meth:`map` and the rest
+        on cells with its genes and batches.
+
+        Raises
+        ------
+        InputError
+            When the file is missing, not a deepbid model, or of another format version.
+        """
         try:
             state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
