@@ -53,6 +53,10 @@ def simulate(
 
     Parameters
     ----------
+    n_cells, n_genes
+        Size of the count matrix.
+    n_batches, n_types
+        Number of batches and of cell types.
     type_shares
         Overall share of each of the ``n_types`` types (e.g. one type holding half
         the cells and several rare ones); each batch draws its own mix around it
@@ -67,12 +71,27 @@ def simulate(
         the first plus a small difference: changes on ``de_fraction`` of genes of
         ``close_difference`` times the usual strength (like the RNA mixtures of
         CellBench, where groups differ by a fraction of their profile).
+    close_difference
+        Strength of a close pair's difference, as a share of ``de_strength``.
     families
         The types fall into this many families (type ``t`` in family
         ``t * families // n_types``): every type of a family shares its family's
         changes (drawn as a type's are), and its own changes (close pairs included)
         are scaled by ``family_difference``, so the families lie far apart and their
         types close together (endocrine against exocrine pancreas cells).
+    family_difference
+        Scale of each type's own changes within its family.
+    de_fraction, de_strength
+        Share of genes a type changes, and the sd of its log-fold changes.
+    batch_strength
+        Sd of each batch's log scale of every gene (the batch effect).
+    dispersion
+        NB dispersion ``theta`` of every count (variance ``mu + mu^2 / theta``).
+    seed
+        Seeds every draw: the same seed gives the same data.
+    chunk
+        Cells generated at a time, which bounds memory; the counts are drawn chunk by
+        chunk, so another ``chunk`` draws other counts from the same means.
     true_means
         Also store ``layers['true_mean']``, the NB mean every count was drawn from
         (dense, so ``n_cells * n_genes * 4`` bytes). The counts and everything else
