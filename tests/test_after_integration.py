@@ -279,6 +279,12 @@ def test_transfer_labels_never_guesses_for_unlabelled_clusters(mixology, model):
     out.obs["none"] = "unknown"
     with pytest.raises(InputError, match="no cell has a known label"):
         deepbid.transfer_labels(out, "none")
+    # labels only on cells without an embedding (zero counts): nothing to spread from
+    out.obs["few"] = np.where(np.arange(out.n_obs) < 3, "A", "unknown")
+    out.obsm["X_deepbid"] = out.obsm["X_deepbid"].copy()
+    out.obsm["X_deepbid"][:3] = np.nan
+    with pytest.raises(InputError, match="no integrated cell has a known label"):
+        deepbid.transfer_labels(out, "few")
 
 
 def test_loaded_model_is_whole_in_a_fresh_process(small, reference_and_query, tmp_path):
