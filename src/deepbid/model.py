@@ -513,7 +513,11 @@ class DeepBID:
         if library_size is not None and not library_size > 0:
             raise InputError(f"library_size must be positive, got {library_size!r}")
         size_factor = 1.0 if library_size is None else library_size / self.median_library
-        batches = None if transform_batch is None else self._batch_codes(transform_batch)
+        batches = (
+            None
+            if transform_batch is None
+            else batch_positions(transform_batch, self.batch_categories)
+        )
         own = self._own_batches(view)
         codes = self._codes(view)
         if batches is None or not self.settings.final_alignment:
@@ -537,9 +541,6 @@ class DeepBID:
                 self.batch_offsets.numpy(),
             )
         return self._rows(view, means)
-
-    def _batch_codes(self, names: str | Sequence[str]) -> list[int]:
-        return batch_positions(names, self.batch_categories)
 
     # -- persistence -----------------------------------------------------------------
 
