@@ -98,7 +98,7 @@ BAD = {
         lambda a: a.obs.__setitem__(
             "batch", a.obs["batch"].astype(object).where(np.arange(a.n_obs) != 2, None)
         ),
-        "missing values",
+        r"missing for 1 cell \(row 2\)",
     ),
     "duplicate cells": (
         lambda a: setattr(a, "obs_names", ["c"] * a.n_obs),

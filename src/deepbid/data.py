@@ -318,12 +318,14 @@ def _rows_named(matrix: sp.csr_matrix, bad: np.ndarray, rows: slice) -> str:
     matrix, of which ``matrix`` holds the block ``rows`` (the scan stops at the first
     block with a bad value, so the message names that block)."""
     bad_rows = np.unique(np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))[bad])
-    shown = ", ".join(str(r + rows.start) for r in bad_rows[:3])
-    shown += ", ..." if bad_rows.size > 3 else ""
-    cells = (
-        f"1 cell (row {shown})" if bad_rows.size == 1 else f"{bad_rows.size} cells (rows {shown})"
-    )
-    return f"{cells} of rows {rows.start}-{rows.stop - 1}"
+    return f"{_cells_at(bad_rows + rows.start)} of rows {rows.start}-{rows.stop - 1}"
+
+
+def _cells_at(rows: np.ndarray) -> str:
+    """The cells at ``rows`` (sorted positions, at least one) in a message: "1 cell
+    (row 7)" or "40 cells (rows 3, 9, 12, ...)"."""
+    shown = ", ".join(str(r) for r in rows[:3]) + (", ..." if rows.size > 3 else "")
+    return f"1 cell (row {shown})" if rows.size == 1 else f"{rows.size} cells (rows {shown})"
 
 
 def check_values(matrix: sp.csr_matrix, where: str, rows: slice) -> bool:
@@ -365,10 +367,11 @@ def batch_labels(adata: ad.AnnData, batch_key: str) -> pd.Categorical:
         have = ", ".join(map(repr, adata.obs.columns)) or "none"
         raise InputError(f"batch_key {batch_key!r} not found in adata.obs (columns: {have})")
     column = adata.obs[batch_key]
-    if column.isna().any():
+    missing = np.flatnonzero(column.isna().to_numpy())
+    if missing.size:
         raise InputError(
-            f"adata.obs[{batch_key!r}] has {int(column.isna().sum())} missing values; "
-            "give every cell a batch"
+            f"adata.obs[{batch_key!r}] is missing for {_cells_at(missing)}; give every cell "
+            "a batch, or drop those cells"
         )
     return pd.Categorical(column.astype(str))
 
