@@ -129,6 +129,7 @@ def test_destinations_that_would_fail_after_training_are_refused_first(
     a_file.write_text("x")
     run = ["integrate", str(source), "-o"]
     assert "is a folder" in _error([*run, str(tmp_path / "folder")], capsys)
+    assert "does not end in .h5ad" in _error([*run, str(tmp_path / "out.csv")], capsys)
     assert "--figures" in _error([*run, out, "--figures", str(a_file)], capsys)
     assert "--report" in _error([*run, out, "--report", str(a_file)], capsys)
     missing = str(tmp_path / "nowhere" / "m.csv")

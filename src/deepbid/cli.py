@@ -94,6 +94,12 @@ def _integrate(args: argparse.Namespace) -> None:
         raise InputError(f"output folder {str(target.parent)!r} does not exist")
     if target.is_dir():
         raise InputError(f"the output path {str(target)!r} is a folder; name an .h5ad file")
+    if target.suffix.lower() != ".h5ad":
+        # a name like out.csv would hold HDF5 that no reader of its suffix can open
+        raise InputError(
+            f"the output {str(target)!r} does not end in .h5ad; deepbid writes an AnnData "
+            f"file: name it, e.g., {str(target.with_suffix('.h5ad'))!r}"
+        )
     options = {
         "figures": Path(args.figures) if args.figures else None,
         "report": Path(args.report) if args.report else None,
