@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from deepbid import DeepBID, metrics
 from deepbid.datasets import simulate
@@ -80,3 +81,23 @@ def test_families_put_their_types_close_together_and_far_from_other_families():
     plain = simulate(300, 400, n_batches=2, n_types=6, seed=7).uns["simulate"]["type_log_profile"]
     spread = np.linalg.norm(plain[:, None] - plain[None], axis=-1)[~np.eye(6, dtype=bool)]
     assert within.max() < 0.5 * spread.min()
+
+
+def test_mixtures_pool_the_pure_profiles_in_the_given_proportions():
+    weights = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [68, 16, 16]]
+    a = simulate(500, 300, n_batches=2, n_types=5, mixtures=weights, seed=4)
+    profile = a.uns["simulate"]["type_log_profile"].astype(np.float64)
+    expression = np.exp(profile - profile.max(axis=1, keepdims=True))
+    expression /= expression.sum(axis=1, keepdims=True)
+    # pooled RNA: each mix is the weighted sum of the pure types' expression
+    np.testing.assert_allclose(expression[3], expression[:3].mean(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(expression[4], [0.68, 0.16, 0.16] @ expression[:3], rtol=1e-4)
+    # the 68:16:16 mix lies nearer its main source than the other pure types do
+    distance = np.linalg.norm(profile[4] - profile[:3], axis=1)
+    pure = np.linalg.norm(profile[0] - profile[1:3], axis=1)
+    assert distance[0] < distance[1:].min() and distance[0] < pure.min()
+    assert set(a.obs["cell_type"]) == {f"type{t}" for t in range(5)}
+    with pytest.raises(ValueError, match="5 rows"):
+        simulate(100, 50, n_types=5, mixtures=weights[:4])
+    with pytest.raises(ValueError, match="not combined"):
+        simulate(100, 50, n_types=5, mixtures=weights, close_pairs=1)

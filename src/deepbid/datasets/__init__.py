@@ -34,6 +34,7 @@ def simulate(
     close_difference: float = 0.3,
     families: int = 0,
     family_difference: float = 0.3,
+    mixtures: Sequence[Sequence[float]] | None = None,
     de_fraction: float = 0.1,
     de_strength: float = 1.5,
     batch_strength: float = 0.2,
@@ -81,6 +82,13 @@ def simulate(
         types close together (endocrine against exocrine pancreas cells).
     family_difference
         Scale of each type's own changes within its family.
+    mixtures
+        Mixing weights ``(n_types, n_sources)``: type ``t`` is RNA pooled from
+        ``n_sources`` pure populations (drawn as types are) in the proportions of row
+        ``t``, so its expression profile is that mix of theirs, as in CellBench's
+        RNA mixtures of three cell lines (the pure lines and mixes such as 68:16:16
+        and 1:1:1). Rows are scaled to sum to 1. Not combined with ``close_pairs``
+        or ``families``.
     de_fraction, de_strength
         Share of genes a type changes, and the sd of its log-fold changes.
     batch_strength
@@ -116,15 +124,29 @@ def simulate(
     - ``layers['true_mean']`` (only with ``true_means=True``): dense float32
       ``(n_cells, n_genes)``, the NB mean of every count, batch effect included.
     """
+    if mixtures is not None:
+        weights = np.asarray(mixtures, dtype=float)
+        if weights.ndim != 2 or weights.shape[0] != n_types or (weights < 0).any():
+            raise ValueError(f"mixtures must be {n_types} rows of non-negative weights")
+        if close_pairs or families:
+            raise ValueError("mixtures are not combined with close_pairs or families")
+        weights = weights / weights.sum(axis=1, keepdims=True)
     rng = np.random.default_rng(seed)
     base = rng.normal(0.0, 2.0, n_genes)
 
-    def changes(strength: float) -> np.ndarray:
-        return (rng.random((n_types, n_genes)) < de_fraction) * rng.normal(
-            0, strength, (n_types, n_genes)
+    def changes(strength: float, rows: int = n_types) -> np.ndarray:
+        return (rng.random((rows, n_genes)) < de_fraction) * rng.normal(
+            0, strength, (rows, n_genes)
         )
 
-    de = changes(de_strength)
+    if mixtures is None:
+        de = changes(de_strength)
+    else:
+        # pooled RNA adds expression, not log expression: mix the sources' profiles
+        source = base + changes(de_strength, weights.shape[1])
+        pure = np.exp(source - source.max(axis=1, keepdims=True))
+        pure /= pure.sum(axis=1, keepdims=True)
+        de = np.log(weights @ pure) - base
     if close_pairs:
         near = changes(de_strength * close_difference)
         for i in range(close_pairs):
