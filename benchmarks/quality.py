@@ -49,8 +49,10 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
 #: Simulated scenarios (``deepbid.datasets.simulate`` arguments), each a known failure
 #: mode of integration: types held by one batch only, one dominant type with rare
-#: ones, a pair of close types across six batches, a strong batch effect, and two
-#: families of four types each (far apart, their types close: a hierarchy).
+#: ones, a pair of close types across six batches, a strong batch effect, two
+#: families of four types each (far apart, their types close: a hierarchy), and
+#: CellBench's seven RNA mixtures of three cell lines (three pure, four pooled) over two
+#: protocols, with the low overdispersion of pooled RNA (no biological variation).
 SCENARIOS = {
     "sim_batch_specific": dict(
         n_cells=3000, n_batches=3, n_types=8, batch_specific=2, type_shares=[1] * 8, seed=1
@@ -68,6 +70,22 @@ SCENARIOS = {
     ),
     "sim_families": dict(
         n_cells=3000, n_batches=3, n_types=8, families=2, family_difference=0.5, seed=5
+    ),
+    "sim_rna_mixtures": dict(
+        n_cells=3000,
+        n_batches=2,
+        n_types=7,
+        mixtures=[
+            [1, 0, 0],
+            [0, 1, 0],
+            [0, 0, 1],
+            [1, 1, 1],
+            [68, 16, 16],
+            [16, 68, 16],
+            [16, 16, 68],
+        ],
+        dispersion=10.0,
+        seed=6,
     ),
 }
 #: Variants of the mixing term compared by ``--ablation`` (settings of DeepBID), each
