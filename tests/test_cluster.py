@@ -287,3 +287,51 @@ def test_a_given_k_starts_at_the_lowest_resolution_that_gives_it():
     )
     below = report["resolution"] / k_estimate.RESOLUTION_PRECISION
     assert k_estimate.leiden(graph, below, 0).max() + 1 < len(sizes)
+
+
+def _nested(seed=0, dim=20):
+    """Cells of two clusters: the first holds two groups 4 sd apart along one direction
+    (types of one family), the second one skewed group (a type with a long tail)."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=dim)
+    direction /= np.linalg.norm(direction)
+    first = rng.normal(size=(600, dim))
+    first[300:] += 4.0 * direction
+    second = rng.normal(size=(400, dim)) + 15.0
+    second[:, 0] += rng.gamma(2.0, 2.0, 400)
+    z = np.vstack([first, second])
+    groups = np.repeat([0, 1, 2], [300, 300, 400])
+    batch = rng.integers(0, 2, z.shape[0])
+    p = np.zeros((z.shape[0], 2))
+    p[:600, 0], p[:600, 1] = 0.9, 0.1
+    p[600:, 1] = 1.0
+    return z, groups, batch, p
+
+
+def test_a_cluster_of_two_groups_is_divided_and_one_of_a_skewed_group_is_not():
+    z, groups, batch, p = _nested()
+    divided, report = k_estimate.divide_multimodal(z, p, batch, seed=0)
+    assert divided.shape == (z.shape[0], 3)
+    # memberships move between the parts, none is made or lost
+    np.testing.assert_allclose(divided.sum(axis=1), p.sum(axis=1))
+    assert metrics.ari(groups, divided.argmax(axis=1)) > 0.95
+    # the first test of each cluster: its parts are tested again after a division
+    first = {c: report["cluster"].index(c) for c in (0, 1)}
+    assert report["divided"][first[0]] and not report["divided"][first[1]]
+    assert report["p_value"][first[0]] <= k_estimate.MODE_ALPHA
+
+
+def test_no_division_by_batch_or_into_a_handful_of_cells():
+    z, groups, _, p = _nested()
+    # each group of the first cluster measured in its own batch: a batch effect
+    by_batch = np.where(groups == 1, 1, 0)
+    divided, report = k_estimate.divide_multimodal(z, p, by_batch, seed=0)
+    assert divided.shape[1] == 2 and not any(report["divided"])
+    assert report["p_value"][report["cluster"].index(0)] <= k_estimate.MODE_ALPHA
+    # a second group of fewer cells than a part must hold stays where it is
+    small = np.r_[np.arange(300), np.arange(300, 300 + k_estimate.MODE_MIN_CELLS // 2)]
+    small = np.r_[small, np.arange(600, 1000)]
+    divided, report = k_estimate.divide_multimodal(
+        z[small], p[small], np.zeros(small.size, dtype=int), seed=0
+    )
+    assert divided.shape[1] == 2

@@ -172,7 +172,7 @@ def write_results(
             f"{adata.n_obs}; write results into the AnnData it was fitted on"
         )
     labels = model.clusters(data)
-    n_clusters = model.centres.shape[0]
+    n_clusters = model.cluster_count
     adata.obsm[f"X_{key}"] = model.latent(data)
     adata.obsm[f"{key}_membership"] = model.membership(data)
     adata.obs[f"{key}_cluster"] = pd.Categorical.from_codes(

@@ -20,6 +20,14 @@ from Leiden on the batch-balanced graph at a resolution that gives that many
 clusters (:func:`partition_with_k`), k-means where no resolution does. All work on
 any ``(n, d)`` embedding, so the rule can be judged apart from deepbid's own
 embedding.
+
+Silhouette favours the coarsest strong division, so where types nest in groups
+(RNA mixtures of three cell lines, families of close types) the scan keeps the
+groups. :func:`divide_multimodal` then looks inside each cluster of the final
+embedding: a cluster whose cells show two modes along the line between its two
+halves (Silverman's test, :mod:`deepbid.modality`, on cells held out from finding
+the line) is divided, and so on within its parts. A real type's own continuous
+variation (depth, cell cycle) has one mode, however strongly it scores.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
-from . import distributed, neighbors
+from . import distributed, modality, neighbors
 from .cluster import gathered_sample, nearest
 
 #: Leiden resolutions tried when the number of clusters is estimated.
@@ -71,6 +79,19 @@ RESOLUTION_PRECISION = 2 ** (1 / 6)
 #: Cells the number of clusters is estimated on (the graph, Leiden and PCA
 #: scale with it); the other cells join the nearest centre of that partition.
 ESTIMATE_CELLS = 20_000
+#: Most cells of a cluster that its test of modes draws on (half find the line, half
+#: are tested along it).
+MODE_CELLS = 2000
+#: Components of a cluster's own PCA in which it is cut in two: its strongest
+#: directions; 2-means in more of them is led by noise.
+MODE_COMPONENTS = 10
+#: Fewest cells in each part of a division: 15 held-out cells per mode are the
+#: fewest a kernel density can show a mode with.
+MODE_MIN_CELLS = 30
+#: Level of the test of modes, and its bootstrap draws (the smallest p-value is
+#: 1 / (draws + 1)). Each cluster is tested, so the level is per cluster.
+MODE_ALPHA = 0.01
+MODE_BOOTSTRAP = 199
 
 
 def _pca(h: np.ndarray, seed: int, n_components: int = 50) -> np.ndarray:
@@ -427,3 +448,107 @@ def _partition(
 
 def _kmeans(h: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(h)
+
+
+def divide_multimodal(
+    z: np.ndarray, p: np.ndarray, batch: np.ndarray, seed: int
+) -> tuple[np.ndarray, dict]:
+    """Memberships ``(n, K')`` with every cluster of ``p`` that has two modes divided.
+
+    A cluster (cells whose largest membership it is) of at least
+    ``2 * MODE_MIN_CELLS`` cells is cut in two by 2-means in its own PCA
+    (:data:`MODE_COMPONENTS`), fitted on half of its cells (at most
+    :data:`MODE_CELLS` in all); the other half, projected on the line between the
+    two centres, is tested for one mode (:func:`deepbid.modality.unimodality_pvalue`).
+    Held-out cells, because 2-means finds two groups in any cloud, and its own cells
+    projected on its own line always show them. Below :data:`MODE_ALPHA` the cluster
+    is divided by 2-means on all its cells, unless a part would hold fewer than
+    :data:`MODE_MIN_CELLS` cells or the parts divide it by batch
+    (:func:`splits_by_batch`); its parts are tested in turn. Every cell's membership
+    of a divided cluster goes to the part whose centre is nearer it.
+
+    Parameters
+    ----------
+    z
+        ``(n, d)`` integrated embedding of this process's cells.
+    p
+        ``(n, K)`` memberships.
+    batch
+        ``(n,)`` integer batch codes.
+
+    Returns
+    -------
+    ``(memberships (n, K + divisions), report)``; the report lists each tested
+    cluster, its cells, the test's p-value and whether it was divided.
+    """
+    labels = p.argmax(axis=1)
+    if distributed.active() or z.shape[0] > ESTIMATE_CELLS:
+        sample = gathered_sample((z, labels, batch), ESTIMATE_CELLS, seed)
+    else:
+        sample = (z, labels, batch)
+    found = _divisions(*sample, p.shape[1], seed) if distributed.rank() == 0 else None
+    divisions, report = distributed.broadcast_object(found)
+    # each division appends its second part as the next cluster
+    for parent, mean, components, centres in divisions:
+        route = nearest(
+            torch.from_numpy((z - mean) @ components.T), torch.from_numpy(centres)
+        ).numpy()
+        p = np.concatenate([p, (p[:, parent] * (route == 1))[:, None]], axis=1)
+        p[route == 1, parent] = 0.0
+    return p, report
+
+
+def _divisions(
+    z: np.ndarray, labels: np.ndarray, batch: np.ndarray, k: int, seed: int
+) -> tuple[list, dict]:
+    """The divisions ``(parent, mean, components, centres)`` of the clusters of
+    ``labels`` (the ``k``-th division's second part becomes cluster ``k + i``), in
+    the order they are made, and the report."""
+    rng = np.random.default_rng(seed)
+    batch = np.unique(batch, return_inverse=True)[1]
+    labels = labels.copy()
+    report = {"cluster": [], "cells": [], "p_value": [], "divided": []}
+    divisions, pending = [], list(range(k))
+    while pending:
+        parent = pending.pop(0)
+        members = np.flatnonzero(labels == parent)
+        if members.size < 2 * MODE_MIN_CELLS:
+            continue
+        drawn = members if members.size <= MODE_CELLS else rng.choice(members, MODE_CELLS, False)
+        pca = PCA(min(MODE_COMPONENTS, drawn.size - 1, z.shape[1]), random_state=seed)
+        y = pca.fit_transform(z[drawn])
+        p_value = _mode_test(y, rng, seed)
+        route = None
+        if p_value <= MODE_ALPHA:
+            two = KMeans(n_clusters=2, n_init=4, random_state=seed).fit(y)
+            coords = (z[members] - pca.mean_) @ pca.components_.T
+            route = nearest(torch.from_numpy(coords), torch.from_numpy(two.cluster_centers_))
+            route = route.numpy()
+            if np.bincount(route, minlength=2).min() < MODE_MIN_CELLS or splits_by_batch(
+                route, np.zeros_like(route), coords, batch[members]
+            ):
+                route = None
+        report["cluster"].append(parent)
+        report["cells"].append(int(members.size))
+        report["p_value"].append(float(p_value))
+        report["divided"].append(route is not None)
+        if route is None:
+            continue
+        child = k + len(divisions)
+        labels[members[route == 1]] = child
+        divisions.append((parent, pca.mean_, pca.components_, two.cluster_centers_))
+        pending += [parent, child]
+    return divisions, report
+
+
+def _mode_test(y: np.ndarray, rng: np.random.Generator, seed: int) -> float:
+    """P-value that the ``(n, c)`` points have one mode along the line 2-means draws
+    between two halves of them, tested on the other half (see
+    :func:`divide_multimodal`); 1 where 2-means leaves a part too small to test."""
+    order = rng.permutation(y.shape[0])
+    fit, held = order[::2], order[1::2]
+    two = KMeans(n_clusters=2, n_init=4, random_state=seed).fit(y[fit])
+    if np.bincount(two.labels_, minlength=2).min() < MODE_MIN_CELLS // 2:
+        return 1.0
+    line = two.cluster_centers_[1] - two.cluster_centers_[0]
+    return modality.unimodality_pvalue(y[held] @ line, rng, MODE_BOOTSTRAP, MODE_ALPHA)

@@ -223,8 +223,15 @@ class DeepBID:
         self.batch_scales = mixing.batch_scales(self.batch_spreads, self.batch_counts)
         self.mixture = None
         if s.final_mixture:
-            z = torch.from_numpy(self._embedding(codes, view.batch_codes))
-            self.mixture = cluster.fit_mixture(z, p.cpu(), reduce=distributed.all_sum)
+            z = self._embedding(codes, view.batch_codes)
+            p = p.cpu()
+            if self.n_clusters is None and s.divide_multimodal:
+                divided, self.k_estimate["divided"] = k_estimate.divide_multimodal(
+                    z, p.double().numpy(), view.batch_codes, self.seed
+                )
+                p = torch.from_numpy(divided)
+            z = torch.from_numpy(z)
+            self.mixture = cluster.fit_mixture(z, p, reduce=distributed.all_sum)
             p = cluster.mixture_posteriors(z, self.mixture).float()
         self.history = trainer.history
         self.genes, self.batch_categories = view.genes, view.batch_categories
@@ -472,6 +479,13 @@ class DeepBID:
         view = self.data_view(adata)
         return self._rows(view, self._p(view))
 
+    @property
+    def cluster_count(self) -> int:
+        """Number of clusters :meth:`clusters` assigns: the final mixture's components
+        (after :func:`~deepbid.k_estimate.divide_multimodal`), else eq. (14)'s centres."""
+        self._check_fitted()
+        return int((self.centres if self.mixture is None else self.mixture.means).shape[0])
+
     def clusters(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Hard cluster labels ``(n_obs,)``, the argmax of :meth:`membership`; -1 for
         cells with zero counts."""
@@ -645,7 +659,7 @@ class DeepBID:
         """Everything needed to reproduce the run, for ``uns``."""
         return {
             **self.settings.to_dict(),
-            "n_clusters": int(self.centres.shape[0]),
+            "n_clusters": self.cluster_count,
             "n_clusters_given": None if self.n_clusters is None else int(self.n_clusters),
             "membership_temperature": self.temperature,
             "mixture_variance": None if self.mixture is None else self.mixture.variance,

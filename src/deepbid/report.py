@@ -84,7 +84,7 @@ def write_report(
         "<h1>deepbid report</h1>",
         f"<p>{adata.n_obs:,} cells, {len(model.genes)} genes used, "
         f"{len(model.batch_categories)} batches ({batches}), "
-        f"{model.centres.shape[0]} clusters.</p>",
+        f"{model.cluster_count} clusters.</p>",
         "<h2>Metrics</h2>",
         metrics.to_html(float_format=lambda v: f"{v:.3f}", na_rep=""),
         "<h2>Figures</h2>",

@@ -170,6 +170,12 @@ class Settings:
         its mean ARI is 0.928 against 0.923 for eq. (14)'s argmax on the same fits
         (sc_mixology_5cl 0.949 against 0.924, sc_mixology_3cl 0.906 against 0.910;
         README, defaults table).
+    divide_multimodal
+        With ``final_mixture`` and the number of clusters estimated, divide every
+        cluster whose cells on the integrated embedding show two modes before the
+        mixture is fitted (:func:`~deepbid.k_estimate.divide_multimodal`; not in the
+        paper): the K rule's silhouette keeps groups of nested types together (RNA
+        mixtures of three cell lines, families of close types).
     """
 
     hidden_dim: int = 500
@@ -200,6 +206,7 @@ class Settings:
     alignment_mixture: bool = False
     final_scaling: bool = True
     final_mixture: bool = True
+    divide_multimodal: bool = True
 
     @classmethod
     def given(cls, **values) -> Settings:
