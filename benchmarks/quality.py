@@ -3,7 +3,7 @@
 Runs deepbid with its defaults (K estimated everywhere) for several seeds and scores,
 on the cells it kept: ARI/NMI of its own clusters; the number of clusters and ARI the
 same fit gives without dividing the clusters that have two modes
-(:func:`deepbid.k_estimate.divide_multimodal`), and without its final mixture (eq. 14's
+(:func:`deepbid.k_estimate.find_divisions`), and without its final mixture (eq. 14's
 argmax on the codes); ARI of k-means with the
 true K and of deepbid's K rule (Leiden, :func:`deepbid.k_estimate.estimate_partition`), both on
 its own embedding ``obsm["X_deepbid"]``; median iLISI over all cells and over the cells
@@ -176,14 +176,13 @@ def after_training(model: DeepBID, flags: dict) -> DeepBID:
 
 
 def undivided(model: DeepBID) -> np.ndarray:
-    """Clusters ``(n_obs,)`` of the final mixture fitted from eq. 14's memberships as
-    they are, without :func:`deepbid.k_estimate.divide_multimodal`: the same fit's
-    clusters with ``divide_multimodal=False``."""
+    """Clusters ``(n_obs,)`` of the final mixture alone, without the divisions of
+    :func:`deepbid.k_estimate.find_divisions`: the same fit's clusters with
+    ``divide_multimodal=False``."""
     view = model.train_view
-    codes = torch.from_numpy(model._codes(view))
     z = torch.from_numpy(model._latent(view))
-    mixture = cluster.fit_mixture(z, model._memberships(codes))
-    return model._rows(view, cluster.mixture_posteriors(z, mixture).argmax(dim=1).numpy(), -1)
+    labels = cluster.mixture_posteriors(z, model.mixture).argmax(dim=1).numpy()
+    return model._rows(view, labels, -1)
 
 
 def singlets(adata: ad.AnnData) -> np.ndarray | None:
@@ -211,7 +210,7 @@ def score(model: DeepBID, adata: ad.AnnData, seed: int, seconds: float) -> dict[
         "n_batches": np.unique(batch).size,
         "true_k": n_types,
         "n_clusters": model.cluster_count,
-        "n_clusters_undivided": int(model.centres.shape[0]),
+        "n_clusters_undivided": model.cluster_count - len(model.divisions),
         "ari": metrics.ari(labels, clusters),
         "nmi": metrics.nmi(labels, clusters),
         "ari_singlets": np.nan if single is None else metrics.ari(labels[single], clusters[single]),

@@ -289,6 +289,13 @@ def test_a_given_k_starts_at_the_lowest_resolution_that_gives_it():
     assert k_estimate.leiden(graph, below, 0).max() + 1 < len(sizes)
 
 
+def _divide(z, p, batch, seed):
+    """The memberships and report of the divisions found, as a fit applies them."""
+    divisions, report = k_estimate.find_divisions(z, p, batch, seed)
+    assert len(divisions) == sum(report["divided"])
+    return k_estimate.divide(z, p, batch, divisions), report
+
+
 def _nested(seed=0, dim=20):
     """Cells of two clusters: the first holds two groups 4 sd apart along one direction
     (types of one family), the second one skewed group (a type with a long tail)."""
@@ -310,7 +317,7 @@ def _nested(seed=0, dim=20):
 
 def test_a_cluster_of_two_groups_is_divided_and_one_of_a_skewed_group_is_not():
     z, groups, batch, p = _nested()
-    divided, report = k_estimate.divide_multimodal(z, p, batch, seed=0)
+    divided, report = _divide(z, p, batch, seed=0)
     assert divided.shape == (z.shape[0], 3)
     # memberships move between the parts, none is made or lost
     np.testing.assert_allclose(divided.sum(axis=1), p.sum(axis=1))
@@ -325,13 +332,22 @@ def test_no_division_by_batch_or_into_a_handful_of_cells():
     z, groups, _, p = _nested()
     # each group of the first cluster measured in its own batch: a batch effect
     by_batch = np.where(groups == 1, 1, 0)
-    divided, report = k_estimate.divide_multimodal(z, p, by_batch, seed=0)
+    divided, report = _divide(z, p, by_batch, seed=0)
     assert divided.shape[1] == 2 and not any(report["divided"])
-    assert report["p_value"][report["cluster"].index(0)] <= k_estimate.MODE_ALPHA
+    # a remaining batch effect that every batch's cells follow to a different extent
+    # (many batches, no clean batch lines): the batches' offsets are removed first
+    rng = np.random.default_rng(1)
+    one = rng.normal(size=(1600, 20))
+    batch = np.repeat(np.arange(8), 200)
+    one[:, 0] += np.array([-3, -3, -2.5, 2.5, 3, 3, -3, 3])[batch]
+    one[:, 0] += rng.normal(0, 1.5, 1600) * (batch % 2)  # unevenly spread too
+    plain = np.ones((1600, 1))
+    _, uncorrected = _divide(one, plain, np.zeros(1600, dtype=int), 0)
+    assert uncorrected["divided"][0]  # without the batches, a clear second mode
+    divided, report = _divide(one, plain, batch, seed=0)
+    assert divided.shape[1] == 1 and report["p_value"][0] > k_estimate.MODE_ALPHA
     # a second group of fewer cells than a part must hold stays where it is
     small = np.r_[np.arange(300), np.arange(300, 300 + k_estimate.MODE_MIN_CELLS // 2)]
     small = np.r_[small, np.arange(600, 1000)]
-    divided, report = k_estimate.divide_multimodal(
-        z[small], p[small], np.zeros(small.size, dtype=int), seed=0
-    )
+    divided, report = _divide(z[small], p[small], np.zeros(small.size, dtype=int), seed=0)
     assert divided.shape[1] == 2

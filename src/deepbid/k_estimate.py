@@ -23,7 +23,7 @@ embedding.
 
 Silhouette favours the coarsest strong division, so where types nest in groups
 (RNA mixtures of three cell lines, families of close types) the scan keeps the
-groups. :func:`divide_multimodal` then looks inside each cluster of the final
+groups. :func:`find_divisions` then looks inside each cluster of the final
 embedding: a cluster whose cells show two modes along the line between its two
 halves (Silverman's test, :mod:`deepbid.modality`, on cells held out from finding
 the line) is divided, and so on within its parts. A real type's own continuous
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import random
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import igraph
 import numpy as np
@@ -450,22 +451,38 @@ def _kmeans(h: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(h)
 
 
-def divide_multimodal(
+class Division(NamedTuple):
+    """One cluster cut in two by :func:`find_divisions`."""
+
+    #: The cluster divided; its second part becomes a new cluster.
+    parent: int
+    #: ``(n_batches, d)`` each batch's offset in the cluster, removed before the cut.
+    shifts: np.ndarray
+    #: ``(d,)`` mean and ``(c, d)`` axes of the cluster's own PCA.
+    mean: np.ndarray
+    components: np.ndarray
+    #: ``(2, c)`` the two parts' centres in those axes.
+    centres: np.ndarray
+
+
+def find_divisions(
     z: np.ndarray, p: np.ndarray, batch: np.ndarray, seed: int
-) -> tuple[np.ndarray, dict]:
-    """Memberships ``(n, K')`` with every cluster of ``p`` that has two modes divided.
+) -> tuple[list[Division], dict]:
+    """The divisions of every cluster of ``p`` that has two modes, and a report.
 
     A cluster (cells whose largest membership it is) of at least
-    ``2 * MODE_MIN_CELLS`` cells is cut in two by 2-means in its own PCA
-    (:data:`MODE_COMPONENTS`), fitted on half of its cells (at most
-    :data:`MODE_CELLS` in all); the other half, projected on the line between the
-    two centres, is tested for one mode (:func:`deepbid.modality.unimodality_pvalue`).
+    ``2 * MODE_MIN_CELLS`` cells is looked at within batches: each batch's cells of it
+    are moved by the batch's offset from the cluster's centroid, so that what is left
+    is what every batch shows (a remaining batch effect splits many batches' cells
+    unevenly, never along clean batch lines). It is then cut in two by 2-means in its
+    own PCA (:data:`MODE_COMPONENTS`), fitted on half of its cells (at most
+    :data:`MODE_CELLS` in all); the other half, projected on the line between the two
+    centres, is tested for one mode (:func:`deepbid.modality.unimodality_pvalue`).
     Held-out cells, because 2-means finds two groups in any cloud, and its own cells
     projected on its own line always show them. Below :data:`MODE_ALPHA` the cluster
     is divided by 2-means on all its cells, unless a part would hold fewer than
     :data:`MODE_MIN_CELLS` cells or the parts divide it by batch
-    (:func:`splits_by_batch`); its parts are tested in turn. Every cell's membership
-    of a divided cluster goes to the part whose centre is nearer it.
+    (:func:`splits_by_batch`); its parts are tested in turn.
 
     Parameters
     ----------
@@ -474,38 +491,57 @@ def divide_multimodal(
     p
         ``(n, K)`` memberships.
     batch
-        ``(n,)`` integer batch codes.
+        ``(n,)`` integer batch codes (``0 .. n_batches - 1``).
 
     Returns
     -------
-    ``(memberships (n, K + divisions), report)``; the report lists each tested
+    ``(divisions, report)``: the divisions in the order made (the ``i``-th one's second
+    part is cluster ``K + i``, see :func:`divide`); the report lists each tested
     cluster, its cells, the test's p-value and whether it was divided.
     """
     labels = p.argmax(axis=1)
+    n_batches = int(distributed.all_max(int(batch.max()) + 1))
     if distributed.active() or z.shape[0] > ESTIMATE_CELLS:
         sample = gathered_sample((z, labels, batch), ESTIMATE_CELLS, seed)
     else:
         sample = (z, labels, batch)
-    found = _divisions(*sample, p.shape[1], seed) if distributed.rank() == 0 else None
-    divisions, report = distributed.broadcast_object(found)
-    # each division appends its second part as the next cluster
-    for parent, mean, components, centres in divisions:
-        route = nearest(
-            torch.from_numpy((z - mean) @ components.T), torch.from_numpy(centres)
-        ).numpy()
+    found = None
+    if distributed.rank() == 0:
+        found = _divisions(*sample, p.shape[1], n_batches, seed)
+    return distributed.broadcast_object(found)
+
+
+def divide(
+    z: np.ndarray, p: np.ndarray, batch: np.ndarray, divisions: list[Division]
+) -> np.ndarray:
+    """Memberships ``(n, K + len(divisions))``: each cell's membership of a divided
+    cluster goes to the part whose centre is nearer it (``z`` ``(n, d)``, ``p``
+    ``(n, K)``, ``batch`` ``(n,)``; a batch the divisions have not seen has no offset)."""
+    for parent, shifts, mean, components, centres in divisions:
+        offset = np.zeros((max(int(batch.max()) + 1, shifts.shape[0]), shifts.shape[1]))
+        offset[: shifts.shape[0]] = shifts
+        coords = (z - offset[batch] - mean) @ components.T
+        route = nearest(torch.from_numpy(coords), torch.from_numpy(centres)).numpy()
         p = np.concatenate([p, (p[:, parent] * (route == 1))[:, None]], axis=1)
         p[route == 1, parent] = 0.0
-    return p, report
+    return p
+
+
+def _batch_shifts(x: np.ndarray, batch: np.ndarray, n_batches: int) -> np.ndarray:
+    """Each batch's offset ``(n_batches, d)`` of its centroid of the ``(n, d)`` points
+    from theirs (zero for a batch holding none)."""
+    sums = np.zeros((n_batches, x.shape[1]))
+    np.add.at(sums, batch, x)
+    counts = np.bincount(batch, minlength=n_batches)[:, None]
+    return np.where(counts > 0, sums / np.maximum(counts, 1) - x.mean(axis=0), 0.0)
 
 
 def _divisions(
-    z: np.ndarray, labels: np.ndarray, batch: np.ndarray, k: int, seed: int
-) -> tuple[list, dict]:
-    """The divisions ``(parent, mean, components, centres)`` of the clusters of
-    ``labels`` (the ``k``-th division's second part becomes cluster ``k + i``), in
-    the order they are made, and the report."""
+    z: np.ndarray, labels: np.ndarray, batch: np.ndarray, k: int, n_batches: int, seed: int
+) -> tuple[list[Division], dict]:
+    """The divisions of the ``k`` clusters of ``labels`` (see :func:`find_divisions`),
+    in the order they are made, and the report."""
     rng = np.random.default_rng(seed)
-    batch = np.unique(batch, return_inverse=True)[1]
     labels = labels.copy()
     report = {"cluster": [], "cells": [], "p_value": [], "divided": []}
     divisions, pending = [], list(range(k))
@@ -514,14 +550,20 @@ def _divisions(
         members = np.flatnonzero(labels == parent)
         if members.size < 2 * MODE_MIN_CELLS:
             continue
-        drawn = members if members.size <= MODE_CELLS else rng.choice(members, MODE_CELLS, False)
+        shifts = _batch_shifts(z[members], batch[members], n_batches)
+        within = z[members] - shifts[batch[members]]
+        drawn = (
+            np.arange(members.size)
+            if members.size <= MODE_CELLS
+            else rng.choice(members.size, MODE_CELLS, replace=False)
+        )
         pca = PCA(min(MODE_COMPONENTS, drawn.size - 1, z.shape[1]), random_state=seed)
-        y = pca.fit_transform(z[drawn])
+        y = pca.fit_transform(within[drawn])
         p_value = _mode_test(y, rng, seed)
         route = None
         if p_value <= MODE_ALPHA:
             two = KMeans(n_clusters=2, n_init=4, random_state=seed).fit(y)
-            coords = (z[members] - pca.mean_) @ pca.components_.T
+            coords = pca.transform(within)
             route = nearest(torch.from_numpy(coords), torch.from_numpy(two.cluster_centers_))
             route = route.numpy()
             if np.bincount(route, minlength=2).min() < MODE_MIN_CELLS or splits_by_batch(
@@ -536,7 +578,7 @@ def _divisions(
             continue
         child = k + len(divisions)
         labels[members[route == 1]] = child
-        divisions.append((parent, pca.mean_, pca.components_, two.cluster_centers_))
+        divisions.append(Division(parent, shifts, pca.mean_, pca.components_, two.cluster_centers_))
         pending += [parent, child]
     return divisions, report
 
@@ -544,7 +586,7 @@ def _divisions(
 def _mode_test(y: np.ndarray, rng: np.random.Generator, seed: int) -> float:
     """P-value that the ``(n, c)`` points have one mode along the line 2-means draws
     between two halves of them, tested on the other half (see
-    :func:`divide_multimodal`); 1 where 2-means leaves a part too small to test."""
+    :func:`find_divisions`); 1 where 2-means leaves a part too small to test."""
     order = rng.permutation(y.shape[0])
     fit, held = order[::2], order[1::2]
     two = KMeans(n_clusters=2, n_init=4, random_state=seed).fit(y[fit])

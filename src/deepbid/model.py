@@ -26,8 +26,8 @@ from .train import Trainer, denoise, embed
 #: Version of the file :meth:`DeepBID.save` writes (3: the K estimation report, the
 #: given K and the encoder shifts of mapped batches; 4: the final alignment's batch
 #: statistics; 5: its spreads and scales; 6: the final mixture; 7: the mixture on
-#: the codes that places the offsets).
-FORMAT = 7
+#: the codes that places the offsets; 8: the divisions of clusters with two modes).
+FORMAT = 8
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -129,6 +129,7 @@ class DeepBID:
         self.progress = progress
         self.module: Autoencoder | None = None
         self.mixture: cluster.Mixture | None = None
+        self.divisions: list[k_estimate.Division] = []
         self.code_mixture: cluster.Mixture | None = None
         self.train_view: DataView | None = None
         # results for all training cells, kept where the view holds only a shard
@@ -221,18 +222,23 @@ class DeepBID:
         )
         self.batch_offsets = mixing.batch_offsets(self.batch_sums, self.batch_counts)
         self.batch_scales = mixing.batch_scales(self.batch_spreads, self.batch_counts)
-        self.mixture = None
+        self.mixture, self.divisions = None, []
         if s.final_mixture:
             z = self._embedding(codes, view.batch_codes)
-            p = p.cpu()
+            self.mixture = cluster.fit_mixture(
+                torch.from_numpy(z), p.cpu(), reduce=distributed.all_sum
+            )
+            p = cluster.mixture_posteriors(torch.from_numpy(z), self.mixture)
             if self.n_clusters is None and s.divide_multimodal:
-                divided, self.k_estimate["divided"] = k_estimate.divide_multimodal(
-                    z, p.double().numpy(), view.batch_codes, self.seed
+                # after the mixture, not before: EM from a few cells cut off a cluster
+                # lets the new component take half of a large neighbouring type
+                self.divisions, self.k_estimate["divided"] = k_estimate.find_divisions(
+                    z, p.numpy(), view.batch_codes, self.seed
                 )
-                p = torch.from_numpy(divided)
-            z = torch.from_numpy(z)
-            self.mixture = cluster.fit_mixture(z, p, reduce=distributed.all_sum)
-            p = cluster.mixture_posteriors(z, self.mixture).float()
+                p = torch.from_numpy(
+                    k_estimate.divide(z, p.numpy(), view.batch_codes, self.divisions)
+                )
+            p = p.float()
         self.history = trainer.history
         self.genes, self.batch_categories = view.genes, view.batch_categories
         self.is_counts = view.is_counts
@@ -462,8 +468,9 @@ class DeepBID:
             return self._train_p
         if self.mixture is None:
             return self._memberships(torch.from_numpy(self._codes(view))).numpy()
-        z = torch.from_numpy(self._latent(view))
-        return cluster.mixture_posteriors(z, self.mixture).float().numpy()
+        z = self._latent(view)
+        p = cluster.mixture_posteriors(torch.from_numpy(z), self.mixture).numpy()
+        return k_estimate.divide(z, p, self._own_batches(view), self.divisions).astype(np.float32)
 
     def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Integrated embedding ``(n_obs, latent_dim)`` of the training cells, or of
@@ -482,9 +489,12 @@ class DeepBID:
     @property
     def cluster_count(self) -> int:
         """Number of clusters :meth:`clusters` assigns: the final mixture's components
-        (after :func:`~deepbid.k_estimate.divide_multimodal`), else eq. (14)'s centres."""
+        and their divisions (:func:`~deepbid.k_estimate.find_divisions`), else eq. (14)'s
+        centres."""
         self._check_fitted()
-        return int((self.centres if self.mixture is None else self.mixture.means).shape[0])
+        if self.mixture is None:
+            return int(self.centres.shape[0])
+        return int(self.mixture.means.shape[0]) + len(self.divisions)
 
     def clusters(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Hard cluster labels ``(n_obs,)``, the argmax of :meth:`membership`; -1 for
@@ -570,6 +580,13 @@ class DeepBID:
             "log_weights": self.log_weights,
             "mixture": None if self.mixture is None else self.mixture._asdict(),
             "code_mixture": None if self.code_mixture is None else self.code_mixture._asdict(),
+            "divisions": [
+                {
+                    k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                    for k, v in d._asdict().items()
+                }
+                for d in self.divisions
+            ],
             "batch_sums": self.batch_sums,
             "batch_counts": self.batch_counts,
             "batch_offsets": self.batch_offsets,
@@ -646,6 +663,12 @@ class DeepBID:
             None if state[key] is None else cluster.Mixture(**state[key])
             for key in ("mixture", "code_mixture")
         )
+        model.divisions = [
+            k_estimate.Division(
+                **{k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in d.items()}
+            )
+            for d in state["divisions"]
+        ]
         model.batch_sums, model.batch_counts = state["batch_sums"], state["batch_counts"]
         model.batch_offsets = state["batch_offsets"]
         model.batch_spreads, model.batch_scales = state["batch_spreads"], state["batch_scales"]

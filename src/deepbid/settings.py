@@ -172,10 +172,10 @@ class Settings:
         README, defaults table).
     divide_multimodal
         With ``final_mixture`` and the number of clusters estimated, divide every
-        cluster whose cells on the integrated embedding show two modes before the
-        mixture is fitted (:func:`~deepbid.k_estimate.divide_multimodal`; not in the
-        paper): the K rule's silhouette keeps groups of nested types together (RNA
-        mixtures of three cell lines, families of close types).
+        cluster of the mixture whose cells on the integrated embedding show two modes
+        (:func:`~deepbid.k_estimate.find_divisions`; not in the paper): the K rule's
+        silhouette keeps groups of nested types together (RNA mixtures of three cell
+        lines, families of close types).
     """
 
     hidden_dim: int = 500
