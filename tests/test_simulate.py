@@ -103,7 +103,7 @@ def test_mixtures_pool_the_pure_profiles_in_the_given_proportions():
         simulate(100, 50, n_types=5, mixtures=weights, close_pairs=1)
 
 
-def test_types_nested_in_families_are_found_by_dividing_clusters_with_two_modes():
+def test_types_nested_in_families_are_found_by_dividing_clusters_with_two_modes(tmp_path):
     """The K rule's silhouette keeps two families of close types together; the final
     division of clusters whose cells show two modes finds the types."""
     adata = simulate(2000, 500, n_batches=2, n_types=4, families=2, family_difference=0.5, seed=9)
@@ -113,6 +113,13 @@ def test_types_nested_in_families_are_found_by_dividing_clusters_with_two_modes(
     assert model.centres.shape[0] == 2 and model.cluster_count == 4
     assert sum(report["divided"]) == 2
     assert metrics.ari(types, model.clusters()) > 0.9
+    # the divisions are kept with the model: cells passed in again, or to the model
+    # read back from its file, get the same clusters
+    model.save(tmp_path / "model.pt")
+    loaded = DeepBID.load(tmp_path / "model.pt", device="cpu")
+    assert loaded.cluster_count == 4
+    again = loaded.clusters(adata)
+    assert (again == model.clusters()).mean() > 0.99
     # given K, the clusters are the fit's own
     given = DeepBID(n_clusters=2, seed=0, progress=False, epochs=2).fit(adata, "batch")
     assert given.cluster_count == 2 and "divided" not in given.k_estimate

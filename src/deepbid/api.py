@@ -75,7 +75,9 @@ def integrate(
     layer
         Layer holding the raw counts; ``None`` reads ``X``.
     n_clusters
-        Number of clusters; ``None`` estimates it.
+        Number of clusters; ``None`` estimates it (the K rule of
+        :mod:`deepbid.k_estimate`, then clusters with two modes divided;
+        ``uns[key_added]["k_estimation"]`` reports both).
     genes
         Train on exactly these genes instead of the per-batch HVG union.
     seed

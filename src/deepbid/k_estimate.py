@@ -456,8 +456,6 @@ class Division(NamedTuple):
 
     #: The cluster divided; its second part becomes a new cluster.
     parent: int
-    #: ``(n_batches, d)`` each batch's offset in the cluster, removed before the cut.
-    shifts: np.ndarray
     #: ``(d,)`` mean and ``(c, d)`` axes of the cluster's own PCA.
     mean: np.ndarray
     components: np.ndarray
@@ -471,11 +469,8 @@ def find_divisions(
     """The divisions of every cluster of ``p`` that has two modes, and a report.
 
     A cluster (cells whose largest membership it is) of at least
-    ``2 * MODE_MIN_CELLS`` cells is looked at within batches: each batch's cells of it
-    are moved by the batch's offset from the cluster's centroid, so that what is left
-    is what every batch shows (a remaining batch effect splits many batches' cells
-    unevenly, never along clean batch lines). It is then cut in two by 2-means in its
-    own PCA (:data:`MODE_COMPONENTS`), fitted on half of its cells (at most
+    ``2 * MODE_MIN_CELLS`` cells is cut in two by 2-means in its own PCA
+    (:data:`MODE_COMPONENTS`), fitted on half of its cells (at most
     :data:`MODE_CELLS` in all); the other half, projected on the line between the two
     centres, is tested for one mode (:func:`deepbid.modality.unimodality_pvalue`).
     Held-out cells, because 2-means finds two groups in any cloud, and its own cells
@@ -491,7 +486,7 @@ def find_divisions(
     p
         ``(n, K)`` memberships.
     batch
-        ``(n,)`` integer batch codes (``0 .. n_batches - 1``).
+        ``(n,)`` integer batch codes.
 
     Returns
     -------
@@ -500,44 +495,30 @@ def find_divisions(
     cluster, its cells, the test's p-value and whether it was divided.
     """
     labels = p.argmax(axis=1)
-    n_batches = int(distributed.all_max(int(batch.max()) + 1))
     if distributed.active() or z.shape[0] > ESTIMATE_CELLS:
         sample = gathered_sample((z, labels, batch), ESTIMATE_CELLS, seed)
     else:
         sample = (z, labels, batch)
     found = None
     if distributed.rank() == 0:
-        found = _divisions(*sample, p.shape[1], n_batches, seed)
+        found = _divisions(*sample, p.shape[1], seed)
     return distributed.broadcast_object(found)
 
 
-def divide(
-    z: np.ndarray, p: np.ndarray, batch: np.ndarray, divisions: list[Division]
-) -> np.ndarray:
+def divide(z: np.ndarray, p: np.ndarray, divisions: list[Division]) -> np.ndarray:
     """Memberships ``(n, K + len(divisions))``: each cell's membership of a divided
     cluster goes to the part whose centre is nearer it (``z`` ``(n, d)``, ``p``
-    ``(n, K)``, ``batch`` ``(n,)``; a batch the divisions have not seen has no offset)."""
-    for parent, shifts, mean, components, centres in divisions:
-        offset = np.zeros((max(int(batch.max()) + 1, shifts.shape[0]), shifts.shape[1]))
-        offset[: shifts.shape[0]] = shifts
-        coords = (z - offset[batch] - mean) @ components.T
+    ``(n, K)``)."""
+    for parent, mean, components, centres in divisions:
+        coords = (z - mean) @ components.T
         route = nearest(torch.from_numpy(coords), torch.from_numpy(centres)).numpy()
         p = np.concatenate([p, (p[:, parent] * (route == 1))[:, None]], axis=1)
         p[route == 1, parent] = 0.0
     return p
 
 
-def _batch_shifts(x: np.ndarray, batch: np.ndarray, n_batches: int) -> np.ndarray:
-    """Each batch's offset ``(n_batches, d)`` of its centroid of the ``(n, d)`` points
-    from theirs (zero for a batch holding none)."""
-    sums = np.zeros((n_batches, x.shape[1]))
-    np.add.at(sums, batch, x)
-    counts = np.bincount(batch, minlength=n_batches)[:, None]
-    return np.where(counts > 0, sums / np.maximum(counts, 1) - x.mean(axis=0), 0.0)
-
-
 def _divisions(
-    z: np.ndarray, labels: np.ndarray, batch: np.ndarray, k: int, n_batches: int, seed: int
+    z: np.ndarray, labels: np.ndarray, batch: np.ndarray, k: int, seed: int
 ) -> tuple[list[Division], dict]:
     """The divisions of the ``k`` clusters of ``labels`` (see :func:`find_divisions`),
     in the order they are made, and the report."""
@@ -550,20 +531,18 @@ def _divisions(
         members = np.flatnonzero(labels == parent)
         if members.size < 2 * MODE_MIN_CELLS:
             continue
-        shifts = _batch_shifts(z[members], batch[members], n_batches)
-        within = z[members] - shifts[batch[members]]
         drawn = (
             np.arange(members.size)
             if members.size <= MODE_CELLS
             else rng.choice(members.size, MODE_CELLS, replace=False)
         )
         pca = PCA(min(MODE_COMPONENTS, drawn.size - 1, z.shape[1]), random_state=seed)
-        y = pca.fit_transform(within[drawn])
+        y = pca.fit_transform(z[members[drawn]])
         p_value = _mode_test(y, rng, seed)
         route = None
         if p_value <= MODE_ALPHA:
             two = KMeans(n_clusters=2, n_init=4, random_state=seed).fit(y)
-            coords = pca.transform(within)
+            coords = pca.transform(z[members])
             route = nearest(torch.from_numpy(coords), torch.from_numpy(two.cluster_centers_))
             route = route.numpy()
             if np.bincount(route, minlength=2).min() < MODE_MIN_CELLS or splits_by_batch(
@@ -578,7 +557,7 @@ def _divisions(
             continue
         child = k + len(divisions)
         labels[members[route == 1]] = child
-        divisions.append(Division(parent, shifts, pca.mean_, pca.components_, two.cluster_centers_))
+        divisions.append(Division(parent, pca.mean_, pca.components_, two.cluster_centers_))
         pending += [parent, child]
     return divisions, report
 

@@ -80,7 +80,8 @@ class DeepBID:
     Parameters
     ----------
     n_clusters
-        Number of clusters ``K``; ``None`` estimates it from the data.
+        Number of clusters ``K``; ``None`` estimates it from the data (and divides
+        clusters with two modes at the end, ``divide_multimodal``).
     **settings
         Any field of :class:`~deepbid.settings.Settings` (``latent_dim``, ``epochs``,
         ``kappa2``, ``kappa_local``, ...); the defaults live there.
@@ -235,9 +236,7 @@ class DeepBID:
                 self.divisions, self.k_estimate["divided"] = k_estimate.find_divisions(
                     z, p.numpy(), view.batch_codes, self.seed
                 )
-                p = torch.from_numpy(
-                    k_estimate.divide(z, p.numpy(), view.batch_codes, self.divisions)
-                )
+                p = torch.from_numpy(k_estimate.divide(z, p.numpy(), self.divisions))
             p = p.float()
         self.history = trainer.history
         self.genes, self.batch_categories = view.genes, view.batch_categories
@@ -470,7 +469,7 @@ class DeepBID:
             return self._memberships(torch.from_numpy(self._codes(view))).numpy()
         z = self._latent(view)
         p = cluster.mixture_posteriors(torch.from_numpy(z), self.mixture).numpy()
-        return k_estimate.divide(z, p, self._own_batches(view), self.divisions).astype(np.float32)
+        return k_estimate.divide(z, p, self.divisions).astype(np.float32)
 
     def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Integrated embedding ``(n_obs, latent_dim)`` of the training cells, or of
