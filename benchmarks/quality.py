@@ -208,7 +208,7 @@ def score(model: DeepBID, adata: ad.AnnData, seed: int, seconds: float) -> dict[
         "n_batches": np.unique(batch).size,
         "true_k": n_types,
         "n_clusters": model.cluster_count,
-        "n_clusters_undivided": model.cluster_count - len(model.divisions),
+        "n_clusters_undivided": model.cluster_count - k_estimate.new_parts(model.divisions),
         "ari": metrics.ari(labels, clusters),
         "nmi": metrics.nmi(labels, clusters),
         "ari_singlets": np.nan if single is None else metrics.ari(labels[single], clusters[single]),

@@ -292,7 +292,7 @@ def test_a_given_k_starts_at_the_lowest_resolution_that_gives_it():
 def _divide(z, p, batch, seed):
     """The memberships and report of the divisions found, as a fit applies them."""
     divisions, report = k_estimate.find_divisions(z, p, batch, seed)
-    assert len(divisions) == sum(report["divided"])
+    assert k_estimate.new_parts(divisions) == sum(report["divided"])
     return k_estimate.divide(z, p, divisions), report
 
 
@@ -326,6 +326,20 @@ def test_a_cluster_of_two_groups_is_divided_and_one_of_a_skewed_group_is_not():
     first = {c: report["cluster"].index(c) for c in (0, 1)}
     assert report["divided"][first[0]] and not report["divided"][first[1]]
     assert report["p_value"][first[0]] <= k_estimate.MODE_ALPHA
+
+
+def test_the_parts_of_a_cluster_divided_twice_are_refitted_together():
+    """Three groups 5 sd apart in one cluster: the first cut puts one group against
+    the other two, its boundary at the midpoint of their means (inside the middle
+    group); refitted together, the parts each hold one group."""
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=20)
+    direction /= np.linalg.norm(direction)
+    groups = np.repeat([0, 1, 2], 300)
+    z = rng.normal(size=(900, 20)) + 5.0 * groups[:, None] * direction
+    divided, report = _divide(z, np.ones((900, 1)), rng.integers(0, 2, 900), seed=0)
+    assert divided.shape[1] == 3 and sum(report["divided"]) == 2
+    assert metrics.ari(groups, divided.argmax(axis=1)) > 0.95
 
 
 def test_no_division_by_batch_or_into_a_handful_of_cells():

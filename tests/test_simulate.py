@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.cluster import KMeans
 
 from deepbid import DeepBID, metrics
 from deepbid.datasets import simulate
@@ -113,6 +114,10 @@ def test_types_nested_in_families_are_found_by_dividing_clusters_with_two_modes(
     assert model.centres.shape[0] == 2 and model.cluster_count == 4
     assert sum(report["divided"]) == 2
     assert metrics.ari(types, model.clusters()) > 0.9
+    # the parts, refitted together, are as good as k-means with the true K on the
+    # same embedding
+    kmeans = KMeans(4, n_init=10, random_state=0).fit_predict(model.latent())
+    assert metrics.ari(types, model.clusters()) >= metrics.ari(types, kmeans) - 0.01
     # the divisions are kept with the model: cells passed in again, or to the model
     # read back from its file, get the same clusters
     model.save(tmp_path / "model.pt")

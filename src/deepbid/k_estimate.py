@@ -27,7 +27,9 @@ groups. :func:`find_divisions` then looks inside each cluster of the final
 embedding: a cluster whose cells show two modes along the line between its two
 halves (Silverman's test, :mod:`deepbid.modality`, on cells held out from finding
 the line) is divided, and so on within its parts. A real type's own continuous
-variation (depth, cell cycle) has one mode, however strongly it scores.
+variation (depth, cell cycle) has one mode, however strongly it scores. The parts
+of one cluster are then refitted together (k-means from the parts' means), as one
+cut at a time leaves each boundary where its own 2-means put it.
 """
 
 from __future__ import annotations
@@ -452,14 +454,11 @@ def _kmeans(h: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
 
 
 class Division(NamedTuple):
-    """One cluster cut in two by :func:`find_divisions`."""
+    """One cluster divided into parts by :func:`find_divisions`."""
 
-    #: The cluster divided; its second part becomes a new cluster.
+    #: The cluster divided; its first part keeps its number.
     parent: int
-    #: ``(d,)`` mean and ``(c, d)`` axes of the cluster's own PCA.
-    mean: np.ndarray
-    components: np.ndarray
-    #: ``(2, c)`` the two parts' centres in those axes.
+    #: ``(m, d)`` the ``m`` parts' centres in the embedding.
     centres: np.ndarray
 
 
@@ -477,7 +476,10 @@ def find_divisions(
     projected on its own line always show them. Below :data:`MODE_ALPHA` the cluster
     is divided by 2-means on all its cells, unless a part would hold fewer than
     :data:`MODE_MIN_CELLS` cells or the parts divide it by batch
-    (:func:`splits_by_batch`); its parts are tested in turn.
+    (:func:`splits_by_batch`); its parts are tested in turn. The final parts of each
+    cluster are refitted by k-means on its cells in the embedding, started from the
+    parts' means: every cell goes to the nearest part, which the boundaries of the
+    successive 2-means cuts do not give.
 
     Parameters
     ----------
@@ -490,9 +492,10 @@ def find_divisions(
 
     Returns
     -------
-    ``(divisions, report)``: the divisions in the order made (the ``i``-th one's second
-    part is cluster ``K + i``, see :func:`divide`); the report lists each tested
-    cluster, its cells, the test's p-value and whether it was divided.
+    ``(divisions, report)``: one division per cluster divided, in order of the
+    cluster (its parts after the first are new clusters, numbered on from ``K``, see
+    :func:`divide`); the report lists each cluster tested (parts included), its cells,
+    the test's p-value and whether it was divided.
     """
     labels = p.argmax(axis=1)
     if distributed.active() or z.shape[0] > ESTIMATE_CELLS:
@@ -506,26 +509,30 @@ def find_divisions(
 
 
 def divide(z: np.ndarray, p: np.ndarray, divisions: list[Division]) -> np.ndarray:
-    """Memberships ``(n, K + len(divisions))``: each cell's membership of a divided
-    cluster goes to the part whose centre is nearer it (``z`` ``(n, d)``, ``p``
-    ``(n, K)``)."""
-    for parent, mean, components, centres in divisions:
-        coords = (z - mean) @ components.T
-        route = nearest(torch.from_numpy(coords), torch.from_numpy(centres)).numpy()
-        p = np.concatenate([p, (p[:, parent] * (route == 1))[:, None]], axis=1)
-        p[route == 1, parent] = 0.0
+    """Memberships ``(n, K + new parts)``: each cell's membership of a divided cluster
+    goes to the part whose centre is nearest it (``z`` ``(n, d)``, ``p`` ``(n, K)``)."""
+    for parent, centres in divisions:
+        route = nearest(torch.from_numpy(z), torch.from_numpy(centres)).numpy()
+        parts = p[:, parent, None] * (route[:, None] == np.arange(1, centres.shape[0]))
+        p = np.concatenate([p, parts], axis=1)
+        p[route > 0, parent] = 0.0
     return p
+
+
+def new_parts(divisions: list[Division]) -> int:
+    """Number of clusters ``divisions`` add."""
+    return sum(d.centres.shape[0] - 1 for d in divisions)
 
 
 def _divisions(
     z: np.ndarray, labels: np.ndarray, batch: np.ndarray, k: int, seed: int
 ) -> tuple[list[Division], dict]:
-    """The divisions of the ``k`` clusters of ``labels`` (see :func:`find_divisions`),
-    in the order they are made, and the report."""
+    """The divisions of the ``k`` clusters of ``labels`` (see :func:`find_divisions`)
+    and the report."""
     rng = np.random.default_rng(seed)
     labels = labels.copy()
     report = {"cluster": [], "cells": [], "p_value": [], "divided": []}
-    divisions, pending = [], list(range(k))
+    parts, centres, pending = {}, {}, list(range(k))
     while pending:
         parent = pending.pop(0)
         members = np.flatnonzero(labels == parent)
@@ -555,11 +562,23 @@ def _divisions(
         report["divided"].append(route is not None)
         if route is None:
             continue
-        child = k + len(divisions)
+        child = k + len(parts)
         labels[members[route == 1]] = child
-        divisions.append(Division(parent, pca.mean_, pca.components_, two.cluster_centers_))
+        root = parts[child] = parts.get(parent, parent)
+        centres[root] = _refit(z, labels, [root] + [c for c, r in parts.items() if r == root], seed)
         pending += [parent, child]
-    return divisions, report
+    return [Division(root, c) for root, c in sorted(centres.items())], report
+
+
+def _refit(z: np.ndarray, labels: np.ndarray, family: list[int], seed: int) -> np.ndarray:
+    """The ``(m, d)`` centres of k-means on the cells of the ``m`` parts ``family`` of
+    one cluster, from the parts' means; their cells' ``labels`` are set to the nearest
+    part."""
+    cells = np.flatnonzero(np.isin(labels, family))
+    means = np.stack([z[labels == part].mean(axis=0) for part in family])
+    fitted = KMeans(len(family), init=means, n_init=1, random_state=seed).fit(z[cells])
+    labels[cells] = np.asarray(family)[fitted.labels_]
+    return fitted.cluster_centers_.astype(z.dtype)
 
 
 def _mode_test(y: np.ndarray, rng: np.random.Generator, seed: int) -> float:

@@ -26,8 +26,9 @@ from .train import Trainer, denoise, embed
 #: Version of the file :meth:`DeepBID.save` writes (3: the K estimation report, the
 #: given K and the encoder shifts of mapped batches; 4: the final alignment's batch
 #: statistics; 5: its spreads and scales; 6: the final mixture; 7: the mixture on
-#: the codes that places the offsets; 8: the divisions of clusters with two modes).
-FORMAT = 8
+#: the codes that places the offsets; 8: the divisions of clusters with two modes; 9:
+#: each divided cluster's parts refitted together).
+FORMAT = 9
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -493,7 +494,7 @@ class DeepBID:
         self._check_fitted()
         if self.mixture is None:
             return int(self.centres.shape[0])
-        return int(self.mixture.means.shape[0]) + len(self.divisions)
+        return int(self.mixture.means.shape[0]) + k_estimate.new_parts(self.divisions)
 
     def clusters(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Hard cluster labels ``(n_obs,)``, the argmax of :meth:`membership`; -1 for
