@@ -171,14 +171,18 @@ def after_training(model: DeepBID, flags: dict) -> DeepBID:
     late = copy.copy(model)
     late.settings = dataclasses.replace(model.settings, **flags)
     if not late.settings.final_mixture:
-        late.mixture = late._train_p = None
+        # the divisions are of the final mixture's clusters: none without it
+        late.mixture, late.divisions, late._train_p = None, [], None
     return late
 
 
 def undivided(model: DeepBID, latent: np.ndarray) -> np.ndarray:
     """Clusters of the final mixture alone on the ``(n, d)`` embedding ``latent``,
     without the divisions of :func:`deepbid.k_estimate.find_divisions`: the same fit's
-    clusters with ``divide_multimodal=False``."""
+    clusters with ``divide_multimodal=False``; eq. 14's clusters where there is no final
+    mixture."""
+    if model.mixture is None:
+        return model.clusters()[model.train_view.cells]
     posteriors = cluster.mixture_posteriors(torch.from_numpy(latent), model.mixture)
     return posteriors.argmax(dim=1).numpy()
 
@@ -196,7 +200,7 @@ def score(model: DeepBID, adata: ad.AnnData, seed: int, seconds: float) -> dict[
     cells = model.train_view.cells
     batch = adata.obs["batch"].astype(str).to_numpy()[cells]
     labels = adata.obs["cell_type"].astype(str).to_numpy()[cells]
-    latent, clusters = model.latent(), model.clusters()
+    latent, clusters = model.latent()[cells], model.clusters()[cells]
     n_types = np.unique(labels).size
     kmeans = KMeans(n_types, n_init=10, random_state=seed).fit_predict(latent)
     rule, _ = k_estimate.estimate_partition(latent, batch, seed)
@@ -212,8 +216,10 @@ def score(model: DeepBID, adata: ad.AnnData, seed: int, seconds: float) -> dict[
         "ari": metrics.ari(labels, clusters),
         "nmi": metrics.nmi(labels, clusters),
         "ari_singlets": np.nan if single is None else metrics.ari(labels[single], clusters[single]),
-        "ari_eq14": metrics.ari(labels, after_training(model, {"final_mixture": False}).clusters()),
-        "ari_undivided": metrics.ari(labels, undivided(model, latent[cells])),
+        "ari_eq14": metrics.ari(
+            labels, after_training(model, {"final_mixture": False}).clusters()[cells]
+        ),
+        "ari_undivided": metrics.ari(labels, undivided(model, latent)),
         "ari_kmeans_true_k": metrics.ari(labels, kmeans),
         "ari_k_rule_on_latent": metrics.ari(labels, rule),
         "ilisi_median": float(np.median(ilisi)),
