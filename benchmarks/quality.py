@@ -23,6 +23,7 @@ mixture is scored on the default's own fit.
     python benchmarks/quality.py                       # shared files + scenarios, 3 seeds
     python benchmarks/quality.py --ablation --seeds 1
     python benchmarks/quality.py --only sc_mixology_3cl --set kappa_local=50 --out /tmp/q
+    python benchmarks/quality.py --ablation --tables-from a/ablation.csv b/ablation.csv
 
 Writes ``results/quality.csv`` (one row per dataset x seed) and ``results/quality.md``.
 """
@@ -259,7 +260,16 @@ def main() -> None:
         help="override DeepBID settings (numbers or strings)",
     )
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument(
+        "--tables-from",
+        nargs="+",
+        metavar="CSV",
+        help="fit nothing: write the table of these runs' rows together (other seeds of one run)",
+    )
     args = parser.parse_args()
+    if args.tables_from:
+        write(pd.concat([pd.read_csv(f) for f in args.tables_from]), Path(args.out), args.ablation)
+        return
     overrides = {k: _parse(v) for k, v in (item.split("=", 1) for item in args.set)}
     variants = ABLATION if args.ablation else {"default": {}}
     after = AFTER_TRAINING if args.ablation else {}
@@ -279,12 +289,15 @@ def main() -> None:
                     {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()},
                     flush=True,
                 )
-    results = pd.DataFrame(rows)
-    out = Path(args.out)
+    write(pd.DataFrame(rows), Path(args.out), args.ablation)
+
+
+def write(results: pd.DataFrame, out: Path, ablation: bool) -> None:
+    """Write ``results`` (one row per dataset x seed x variant) and its table to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = "ablation" if args.ablation else "quality"
+    stem = "ablation" if ablation else "quality"
     results.to_csv(out / f"{stem}.csv", index=False)
-    text = ablation_table(results) if args.ablation else summary(results)
+    text = ablation_table(results) if ablation else summary(results)
     (out / f"{stem}.md").write_text(text)
     print(text)
 
@@ -304,8 +317,10 @@ def _or_dash(value: float) -> str:
 
 def _header(results: pd.DataFrame) -> str:
     first = results.iloc[0]
+    # rows of several runs (--tables-from) name every commit that made them
+    commits = " + ".join(dict.fromkeys(results["commit"].astype(str)))
     return (
-        f"commit {first['commit']}, {first['date']}, {first['cores']} cores; "
+        f"commit {commits}, {first['date']}, {first['cores']} cores; "
         f"{results['seed'].nunique()} seed(s) per dataset, mean (sd) over seeds.\n\n"
     )
 
