@@ -17,6 +17,7 @@ from deepbid import DeepBID, distributed, metrics
 from deepbid.data import prepare
 from deepbid.datasets import mixology_3cl
 from deepbid.errors import InputError
+from deepbid.settings import Settings
 
 
 def _worker(rank: int, world: int, init_file: str, data: str, out_dir: str) -> None:
@@ -142,7 +143,7 @@ def test_cli_under_torchrun_writes_one_result(tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-8000:]
     out = ad.read_h5ad(target)
-    assert out.obsm["X_deepbid"].shape == (out.n_obs, 300)
+    assert out.obsm["X_deepbid"].shape == (out.n_obs, Settings().latent_dim)
     table = pd.read_csv(tmp_path / "out.metrics.csv", index_col=0)
     assert table.loc["deepbid", "ari"] > 0.85
 

@@ -1,4 +1,4 @@
-"""The network: a tanh autoencoder ``f-500-300-500-f`` with NB mean and dispersion heads."""
+"""The network: a tanh autoencoder ``f-500-d-500-f`` with NB mean and dispersion heads."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Autoencoder(nn.Module):
     hidden_dim
         Width of the outer hidden layers (paper: 500).
     latent_dim
-        Width ``d`` of the latent code ``h`` (paper: 300).
+        Width ``d`` of the latent code ``h`` (paper: 300; deepbid's default: 64).
     conditional
         Give the decoder the one-hot batch of each cell, so the latent code
         need not carry batch to reconstruct it.
@@ -35,7 +35,7 @@ class Autoencoder(nn.Module):
         n_genes: int,
         n_batches: int,
         hidden_dim: int = 500,
-        latent_dim: int = 300,
+        latent_dim: int = 64,
         conditional: bool = True,
     ) -> None:
         super().__init__()

@@ -66,7 +66,9 @@ class Settings:
     Attributes
     ----------
     hidden_dim, latent_dim
-        Widths of the outer hidden layers and of the latent code ``h``.
+        Widths of the outer hidden layers and of the latent code ``h`` (the paper's
+        code is 300 wide; 64 scores higher on all ten benchmark sets together and
+        keeps the number of clusters stable across seeds: README, defaults table).
     n_top_genes
         Highly variable genes taken per batch (their union is used).
     conditional_decoder
@@ -179,7 +181,7 @@ class Settings:
     """
 
     hidden_dim: int = 500
-    latent_dim: int = 300
+    latent_dim: int = 64
     n_top_genes: int = 1000
     conditional_decoder: bool = True
     batch_size: int = 128

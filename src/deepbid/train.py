@@ -114,7 +114,7 @@ class Trainer:
             bar.update(1)
 
     def pretrain(self, view: DataView, bar: tqdm) -> None:
-        """Layer-wise MSE pretraining (``f-500-f``, then ``500-300-500``), then the
+        """Layer-wise MSE pretraining (``f-500-f``, then ``500-d-500``), then the
         stacked autoencoder on ``L_rec + L_NB`` so the NB heads start trained."""
         m, s = self.module, self.settings
 
