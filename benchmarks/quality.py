@@ -24,6 +24,7 @@ mixture is scored on the default's own fit.
     python benchmarks/quality.py --ablation --seeds 1
     python benchmarks/quality.py --only sc_mixology_3cl --set kappa_local=50 --out /tmp/q
     python benchmarks/quality.py --ablation --tables-from a/ablation.csv b/ablation.csv
+    python benchmarks/quality.py --tables-from a/ablation.csv b/ablation.csv  # defaults
 
 Writes ``results/quality.csv`` (one row per dataset x seed) and ``results/quality.md``.
 """
@@ -268,7 +269,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.tables_from:
-        write(pd.concat([pd.read_csv(f) for f in args.tables_from]), Path(args.out), args.ablation)
+        rows = pd.concat([pd.read_csv(f) for f in args.tables_from])
+        if not args.ablation:
+            # an ablation run's default rows are a quality run of the same seeds
+            rows = rows[rows["variant"] == "default"]
+        write(rows, Path(args.out), args.ablation)
         return
     overrides = {k: _parse(v) for k, v in (item.split("=", 1) for item in args.set)}
     variants = ABLATION if args.ablation else {"default": {}}
