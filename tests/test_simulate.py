@@ -107,12 +107,14 @@ def test_mixtures_pool_the_pure_profiles_in_the_given_proportions():
 def test_types_nested_in_families_are_found_by_dividing_clusters_with_two_modes(tmp_path):
     """The K rule's silhouette keeps two families of close types together; the final
     division of clusters whose cells show two modes finds the types."""
-    adata = simulate(2000, 500, n_batches=2, n_types=4, families=2, family_difference=0.5, seed=9)
+    # types this close within a family (0.4) that the K rule misses some of them
+    adata = simulate(2000, 500, n_batches=2, n_types=4, families=2, family_difference=0.4, seed=9)
     model = DeepBID(seed=0, progress=False).fit(adata, "batch")
     types = adata.obs["cell_type"].to_numpy()
     report = model.k_estimate["divided"]
-    assert model.centres.shape[0] == 2 and model.cluster_count == 4
-    assert sum(report["divided"]) == 2
+    found = model.centres.shape[0]
+    assert found < 4 and model.cluster_count == 4
+    assert any(report["divided"])
     assert metrics.ari(types, model.clusters()) > 0.9
     # the parts, refitted together, are as good as k-means with the true K on the
     # same embedding
