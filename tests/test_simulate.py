@@ -105,7 +105,7 @@ def test_mixtures_pool_the_pure_profiles_in_the_given_proportions():
 
 
 def test_types_nested_in_families_are_found_by_dividing_clusters_with_two_modes(tmp_path):
-    """The K rule's silhouette keeps two families of close types together; the final
+    """The K rule's silhouette keeps close types of one family together; the final
     division of clusters whose cells show two modes finds the types."""
     # types this close within a family (0.4) that the K rule misses some of them
     adata = simulate(2000, 500, n_batches=2, n_types=4, families=2, family_difference=0.4, seed=9)
