@@ -52,10 +52,11 @@ def soft_centroids(model: DeepBID) -> DeepBID:
     codes = torch.from_numpy(model._codes(model.train_view))
     batch = torch.as_tensor(model.train_view.batch_codes, dtype=torch.long)
     soft = copy.copy(model)
-    soft.batch_sums, soft.batch_counts = mixing.batch_cluster_sums(
+    sums, counts = mixing.batch_cluster_sums(
         codes, model._memberships(codes), batch, model.train_view.n_batches
     )
-    soft.batch_offsets = mixing.batch_offsets(soft.batch_sums, soft.batch_counts)
+    offsets = mixing.batch_offsets(sums, counts)
+    soft.alignment = model.alignment._replace(sums=sums, counts=counts, offsets=offsets)
     return soft
 
 

@@ -128,7 +128,7 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(
     np.add.at(n, (model.train_view.batch_codes, hard), 1)
     held = np.isfinite(own)
     np.testing.assert_allclose(
-        model.batch_spreads.numpy()[held], (own * n / (n - 1))[held], rtol=1e-3
+        model.alignment.spreads.numpy()[held], (own * n / (n - 1))[held], rtol=1e-3
     )
     # the alignment removes batch offsets, not the batches' mix of types: counting each
     # cell in its own cluster alone, it does not pull the reference's batches apart (with
@@ -200,7 +200,7 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(
     )
     measured = np.isfinite(ratio)
     assert measured.sum() >= 2
-    scales = mapped.batch_scales[2].numpy()
+    scales = mapped.alignment.scales[2].numpy()
     np.testing.assert_allclose(ratio[measured], scales[measured] ** 2, rtol=1e-5)
     reference = np.nanmean(spreads[:2, held], axis=0)
     gap = lambda s: np.abs(np.log(s / reference)).sum()  # noqa: E731

@@ -1,5 +1,8 @@
 """The simulator gives NB counts with known structure, which deepbid recovers."""
 
+import copy
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,6 +107,21 @@ def test_mixtures_pool_the_pure_profiles_in_the_given_proportions():
         simulate(100, 50, n_types=5, mixtures=weights, close_pairs=1)
 
 
+def centroid_gap(z: np.ndarray, clusters: np.ndarray, batch: np.ndarray) -> float:
+    """Cell-weighted mean squared distance of each batch's centroid in each cluster
+    from the cluster's centroid, over the ``(n, d)`` embedding ``z``."""
+    gaps = [
+        np.sum(
+            (z[(clusters == k) & (batch == b)].mean(axis=0) - z[clusters == k].mean(axis=0)) ** 2
+        )
+        * np.sum((clusters == k) & (batch == b))
+        for k in np.unique(clusters)
+        for b in np.unique(batch)
+        if np.any((clusters == k) & (batch == b))
+    ]
+    return float(np.sum(gaps) / z.shape[0])
+
+
 def test_types_nested_in_families_are_found_by_dividing_clusters_with_two_modes(tmp_path):
     """The K rule's silhouette keeps close types of one family together; the final
     division of clusters whose cells show two modes finds the types."""
@@ -120,6 +138,14 @@ def test_types_nested_in_families_are_found_by_dividing_clusters_with_two_modes(
     # same embedding
     kmeans = KMeans(4, n_init=10, random_state=0).fit_predict(model.latent())
     assert metrics.ari(types, model.clusters()) >= metrics.ari(types, kmeans) - 0.01
+    # the offsets are measured again in the parts: there the batches' centroids lie
+    # closer together than after the alignment in the undivided clusters alone
+    assert model.part_alignment is not None
+    first = copy.copy(model)
+    first.settings = dataclasses.replace(model.settings, divided_alignment=False)
+    batch = adata.obs["batch"].to_numpy()
+    final = model.clusters()
+    assert centroid_gap(model.latent(), final, batch) < centroid_gap(first.latent(), final, batch)
     # the divisions are kept with the model: cells passed in again, or to the model
     # read back from its file, get the same clusters
     model.save(tmp_path / "model.pt")
@@ -127,6 +153,7 @@ def test_types_nested_in_families_are_found_by_dividing_clusters_with_two_modes(
     assert loaded.cluster_count == 4
     again = loaded.clusters(adata)
     assert (again == model.clusters()).mean() > 0.99
+    np.testing.assert_allclose(loaded.latent(adata), model.latent(), atol=1e-4)
     # given K, the clusters are the fit's own
     given = DeepBID(n_clusters=2, seed=0, progress=False, epochs=2).fit(adata, "batch")
     assert given.cluster_count == 2 and "divided" not in given.k_estimate

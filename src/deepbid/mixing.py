@@ -20,6 +20,8 @@ nothing here talks to a process group.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import pandas as pd
 import torch
 
@@ -265,6 +267,68 @@ def remove_offsets(
             out[rows] += (p[rows] @ stretch)[:, None] * h[rows]
             out[rows] -= p[rows] @ (stretch[:, None] * centroids[b])
     return out
+
+
+class FinalAlignment(NamedTuple):
+    """What the final alignment measured in each batch and cluster, and what it removes."""
+
+    #: ``(n_batches, K, d)`` membership-weighted sums of the codes
+    #: (:func:`batch_cluster_sums`, each cell counted in its hard cluster).
+    sums: torch.Tensor
+    #: ``(n_batches, K)`` the soft counts behind ``sums``.
+    counts: torch.Tensor
+    #: ``(n_batches, K)`` median squared distances from the batch's mean (:func:`batch_spreads`).
+    spreads: torch.Tensor
+    #: ``(n_batches, K, d)`` trusted offsets (:func:`batch_offsets`).
+    offsets: torch.Tensor
+    #: ``(n_batches, K)`` spread factors (:func:`batch_scales`).
+    scales: torch.Tensor
+
+
+def final_alignment(
+    sums: torch.Tensor,
+    counts: torch.Tensor,
+    spreads: torch.Tensor,
+    n_reference: int | None = None,
+) -> FinalAlignment:
+    """The :class:`FinalAlignment` of measured ``sums``, ``counts`` and ``spreads``, its
+    offsets and scales against the first ``n_reference`` batches (default: all)."""
+    return FinalAlignment(
+        sums,
+        counts,
+        spreads,
+        batch_offsets(sums, counts, n_reference),
+        batch_scales(spreads, counts, n_reference),
+    )
+
+
+def extended(
+    reference: FinalAlignment, measured: FinalAlignment, n_reference: int
+) -> FinalAlignment:
+    """``reference``'s first ``n_reference`` batches unchanged, and ``measured``'s
+    batches from ``n_reference`` on, their offsets and scales measured against the
+    reference's centroids and spreads: the reference's embedding does not move."""
+    sums, counts, spreads = (
+        torch.cat([old[:n_reference], new[n_reference:]])
+        for old, new in zip(reference[:3], measured[:3], strict=True)
+    )
+    new = final_alignment(sums, counts, spreads, n_reference)
+    return new._replace(
+        offsets=torch.cat([reference.offsets[:n_reference], new.offsets[n_reference:]]),
+        scales=torch.cat([reference.scales[:n_reference], new.scales[n_reference:]]),
+    )
+
+
+def align(
+    h: torch.Tensor, p: torch.Tensor, batch: torch.Tensor, measured: FinalAlignment, scaled: bool
+) -> torch.Tensor:
+    """The ``(n, d)`` codes ``h`` with ``measured``'s offsets removed, weighted by the
+    memberships ``(n, K)`` of the clusters it was measured in, and with ``scaled`` the
+    spreads matched too (:func:`remove_offsets`)."""
+    centroids = batch_centroids(measured.sums, measured.counts) if scaled else None
+    return remove_offsets(
+        h, p, batch, measured.offsets, measured.scales if scaled else None, centroids
+    )
 
 
 class BatchAlignment:

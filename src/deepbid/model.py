@@ -27,8 +27,9 @@ from .train import Trainer, denoise, embed
 #: given K and the encoder shifts of mapped batches; 4: the final alignment's batch
 #: statistics; 5: its spreads and scales; 6: the final mixture; 7: the mixture on
 #: the codes that places the offsets; 8: the divisions of clusters with two modes; 9:
-#: each divided cluster's parts refitted together).
-FORMAT = 9
+#: each divided cluster's parts refitted together; 10: the alignment measured again in
+#: the divided clusters, and the mixture refitted there).
+FORMAT = 10
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -132,6 +133,9 @@ class DeepBID:
         self.module: Autoencoder | None = None
         self.mixture: cluster.Mixture | None = None
         self.divisions: list[k_estimate.Division] = []
+        self.alignment: mixing.FinalAlignment | None = None
+        self.part_alignment: mixing.FinalAlignment | None = None
+        self.part_mixture: cluster.Mixture | None = None
         self.code_mixture: cluster.Mixture | None = None
         self.train_view: DataView | None = None
         # results for all training cells, kept where the view holds only a shard
@@ -219,12 +223,11 @@ class DeepBID:
         self.code_mixture = None
         if s.final_alignment and s.alignment_mixture:
             self.code_mixture = cluster.fit_mixture(codes, p.cpu(), reduce=distributed.all_sum)
-        self.batch_sums, self.batch_counts, self.batch_spreads = self._batch_statistics(
-            view, codes, view.n_batches
+        self.alignment = self._measure_alignment(
+            view, codes, self._offset_weights(codes), view.n_batches
         )
-        self.batch_offsets = mixing.batch_offsets(self.batch_sums, self.batch_counts)
-        self.batch_scales = mixing.batch_scales(self.batch_spreads, self.batch_counts)
         self.mixture, self.divisions = None, []
+        self.part_alignment = self.part_mixture = None
         if s.final_mixture:
             z = self._embedding(codes, view.batch_codes)
             self.mixture = cluster.fit_mixture(
@@ -237,7 +240,17 @@ class DeepBID:
                 self.divisions, self.k_estimate["divided"] = k_estimate.find_divisions(
                     z, p.numpy(), view.batch_codes, self.seed
                 )
-                p = torch.from_numpy(k_estimate.divide(z, p.numpy(), self.divisions))
+                p = torch.from_numpy(k_estimate.divide(z, p.numpy(), self.divisions)).float()
+                if self.divisions and s.final_alignment and s.divided_alignment:
+                    # a divided cluster holds types whose batches hold them in other
+                    # proportions, and its offset was partly that difference of
+                    # composition: measured again in the parts, then the mixture refitted
+                    self.part_alignment = self._measure_alignment(view, codes, p, view.n_batches)
+                    z = self._part_embedding(codes, p, view.batch_codes)
+                    self.part_mixture = cluster.fit_mixture(
+                        torch.from_numpy(z), p, reduce=distributed.all_sum
+                    )
+                    p = cluster.mixture_posteriors(torch.from_numpy(z), self.part_mixture)
             p = p.float()
         self.history = trainer.history
         self.genes, self.batch_categories = view.genes, view.batch_categories
@@ -339,15 +352,14 @@ class DeepBID:
             mapped._add_batch_alignment(view, len(self.batch_categories))
         return mapped
 
-    def _batch_statistics(
-        self, view: DataView, codes: torch.Tensor, n_batches: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sums ``(n_batches, K, d)`` and counts ``(n_batches, K)`` of the ``(n, d)`` CPU
-        codes of ``view``'s cells (of all processes) per batch and cluster, each cell
-        counted in its hard cluster with the weight of its membership there, and the
-        median squared distance ``(n_batches, K)`` of each batch's cells in each hard
-        cluster from their own mean."""
-        p = self._offset_weights(codes)
+    def _measure_alignment(
+        self, view: DataView, codes: torch.Tensor, p: torch.Tensor, n_batches: int
+    ) -> mixing.FinalAlignment:
+        """The final alignment of the ``(n, d)`` CPU codes of ``view``'s cells (of all
+        processes) in the clusters of their memberships ``p`` ``(n, K)``: sums and
+        counts per batch and cluster, each cell counted in its hard cluster with the
+        weight of its membership there, and the median squared distance of each
+        batch's cells in each hard cluster from their own mean."""
         batch = torch.as_tensor(view.batch_codes, dtype=torch.long)
         labels = p.argmax(dim=1)
         hard = torch.nn.functional.one_hot(labels, p.shape[1]).to(p.dtype)
@@ -369,21 +381,22 @@ class DeepBID:
             torch.from_numpy(distributed.gather_rows(t.numpy(), view.positions, view.n_total))
             for t in (distances, batch, labels)
         ]
-        return sums, counts, mixing.batch_spreads(*whole, n_batches, p.shape[1])
+        spreads = mixing.batch_spreads(*whole, n_batches, p.shape[1])
+        return mixing.final_alignment(sums, counts, spreads)
 
     def _add_batch_alignment(self, view: DataView, n_old: int) -> None:
-        """Centroid sums, counts, spreads, offsets and scales of the batches ``n_old...``
-        from ``view``'s cells, measured against the reference's; the reference's own
-        stay as they were, so its embedding does not change."""
+        """The final alignment (and the one in divided clusters) of the batches
+        ``n_old...`` from ``view``'s cells, measured against the reference's; the
+        reference's own stay as they were, so its embedding does not change."""
         codes = torch.from_numpy(self._codes(view))
-        sums, counts, spreads = self._batch_statistics(view, codes, len(self.batch_categories))
-        self.batch_sums = torch.cat([self.batch_sums, sums[n_old:]])
-        self.batch_counts = torch.cat([self.batch_counts, counts[n_old:]])
-        self.batch_spreads = torch.cat([self.batch_spreads, spreads[n_old:]])
-        offsets = mixing.batch_offsets(self.batch_sums, self.batch_counts, n_reference=n_old)
-        self.batch_offsets = torch.cat([self.batch_offsets, offsets[n_old:]])
-        scales = mixing.batch_scales(self.batch_spreads, self.batch_counts, n_reference=n_old)
-        self.batch_scales = torch.cat([self.batch_scales, scales[n_old:]])
+        n_batches = len(self.batch_categories)
+        measured = self._measure_alignment(view, codes, self._offset_weights(codes), n_batches)
+        self.alignment = mixing.extended(self.alignment, measured, n_old)
+        if self.part_alignment is not None:
+            z = self._embedding(codes, self._own_batches(view))
+            p = torch.from_numpy(self._divided(z)).float()
+            measured = self._measure_alignment(view, codes, p, n_batches)
+            self.part_alignment = mixing.extended(self.part_alignment, measured, n_old)
 
     # -- results ---------------------------------------------------------------------
 
@@ -450,18 +463,45 @@ class DeepBID:
         # memberships recomputed from the codes, not the trainer's (its last fuzzy
         # k-means step leaves them 1e-4 apart): the same cells get the same embedding
         # as training cells and when passed in again
-        scaled = self.settings.final_scaling
-        return mixing.remove_offsets(
+        return mixing.align(
             codes,
             self._offset_weights(codes),
             torch.as_tensor(batch, dtype=torch.long),
-            self.batch_offsets,
-            self.batch_scales if scaled else None,
-            mixing.batch_centroids(self.batch_sums, self.batch_counts) if scaled else None,
+            self.alignment,
+            self.settings.final_scaling,
         ).numpy()
 
+    def _part_embedding(
+        self, codes: torch.Tensor, p: torch.Tensor, batch: np.ndarray
+    ) -> np.ndarray:
+        """The ``(n, d)`` CPU codes aligned in the divided clusters of their memberships
+        ``p`` ``(n, K')`` instead of eq. (14)'s."""
+        return mixing.align(
+            codes,
+            p,
+            torch.as_tensor(batch, dtype=torch.long),
+            self.part_alignment,
+            self.settings.final_scaling,
+        ).numpy()
+
+    def _divided(self, z: np.ndarray) -> np.ndarray:
+        """Memberships ``(n, K')`` of the final mixture on the ``(n, d)`` embedding ``z``
+        of the first alignment, its two-mode clusters divided."""
+        p = cluster.mixture_posteriors(torch.from_numpy(z), self.mixture).numpy()
+        return k_estimate.divide(z, p, self.divisions)
+
+    @property
+    def _realigned(self) -> bool:
+        """Whether the embedding is aligned again in the divided clusters."""
+        s = self.settings
+        return self.part_alignment is not None and s.final_alignment and s.divided_alignment
+
     def _latent(self, view: DataView) -> np.ndarray:
-        return self._embedding(torch.from_numpy(self._codes(view)), self._own_batches(view))
+        codes, batch = torch.from_numpy(self._codes(view)), self._own_batches(view)
+        z = self._embedding(codes, batch)
+        if not self._realigned:
+            return z
+        return self._part_embedding(codes, torch.from_numpy(self._divided(z)).float(), batch)
 
     def _p(self, view: DataView) -> np.ndarray:
         if view is self.train_view and self._train_p is not None:
@@ -469,8 +509,11 @@ class DeepBID:
         if self.mixture is None:
             return self._memberships(torch.from_numpy(self._codes(view))).numpy()
         z = self._latent(view)
-        p = cluster.mixture_posteriors(torch.from_numpy(z), self.mixture).numpy()
-        return k_estimate.divide(z, p, self.divisions).astype(np.float32)
+        if self._realigned:
+            p = cluster.mixture_posteriors(torch.from_numpy(z), self.part_mixture).numpy()
+        else:
+            p = self._divided(z)
+        return p.astype(np.float32)
 
     def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Integrated embedding ``(n_obs, latent_dim)`` of the training cells, or of
@@ -553,7 +596,8 @@ class DeepBID:
             # each batch's codes at their own spread)
             h = torch.from_numpy(codes)
             p = self._offset_weights(h)
-            aligned = mixing.remove_offsets(h, p, torch.as_tensor(own), self.batch_offsets)
+            offsets = self.alignment.offsets
+            aligned = mixing.remove_offsets(h, p, torch.as_tensor(own), offsets)
             means = denoise(
                 self.module,
                 aligned.numpy(),
@@ -562,7 +606,7 @@ class DeepBID:
                 batches,
                 size_factor,
                 p.numpy(),
-                self.batch_offsets.numpy(),
+                offsets.numpy(),
             )
         return self._rows(view, means)
 
@@ -587,11 +631,11 @@ class DeepBID:
                 }
                 for d in self.divisions
             ],
-            "batch_sums": self.batch_sums,
-            "batch_counts": self.batch_counts,
-            "batch_offsets": self.batch_offsets,
-            "batch_spreads": self.batch_spreads,
-            "batch_scales": self.batch_scales,
+            "alignment": self.alignment._asdict(),
+            "part_alignment": None
+            if self.part_alignment is None
+            else self.part_alignment._asdict(),
+            "part_mixture": None if self.part_mixture is None else self.part_mixture._asdict(),
             "genes": list(self.genes),
             "batch_categories": list(self.batch_categories),
             "is_counts": self.is_counts,
@@ -659,9 +703,13 @@ class DeepBID:
         model.module.load_state_dict(state["state_dict"])
         model.centres, model.temperature = state["centres"], state["temperature"]
         model.log_weights = state["log_weights"]
-        model.mixture, model.code_mixture = (
+        model.mixture, model.code_mixture, model.part_mixture = (
             None if state[key] is None else cluster.Mixture(**state[key])
-            for key in ("mixture", "code_mixture")
+            for key in ("mixture", "code_mixture", "part_mixture")
+        )
+        model.alignment, model.part_alignment = (
+            None if state[key] is None else mixing.FinalAlignment(**state[key])
+            for key in ("alignment", "part_alignment")
         )
         model.divisions = [
             k_estimate.Division(
@@ -669,9 +717,6 @@ class DeepBID:
             )
             for d in state["divisions"]
         ]
-        model.batch_sums, model.batch_counts = state["batch_sums"], state["batch_counts"]
-        model.batch_offsets = state["batch_offsets"]
-        model.batch_spreads, model.batch_scales = state["batch_spreads"], state["batch_scales"]
         model.genes, model.batch_categories = state["genes"], state["batch_categories"]
         model.is_counts, model.median_library = state["is_counts"], state["median_library"]
         model.batch_key, model.layer = state["batch_key"], state["layer"]

@@ -178,6 +178,13 @@ class Settings:
         (:func:`~deepbid.k_estimate.find_divisions`; not in the paper): the K rule's
         silhouette keeps groups of nested types together (RNA mixtures of three cell
         lines, families of close types).
+    divided_alignment
+        With ``final_alignment`` and a cluster divided (``divide_multimodal``), measure
+        the final alignment again in the divided clusters and refit the mixture on its
+        result (not in the paper). A divided cluster holds types that the batches hold
+        in other proportions, so its offset is partly that difference of composition,
+        not batch effect. Families scenario (3 seeds, README): ARI 0.939 without,
+        PLACEHOLDER with.
     """
 
     hidden_dim: int = 500
@@ -209,6 +216,7 @@ class Settings:
     final_scaling: bool = True
     final_mixture: bool = True
     divide_multimodal: bool = True
+    divided_alignment: bool = True
 
     @classmethod
     def given(cls, **values) -> Settings:
