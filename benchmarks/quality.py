@@ -380,10 +380,14 @@ def ablation_table(results: pd.DataFrame) -> str:
     for variant in variants:
         cells = [
             f"{mean.loc[(n, variant), 'ari']:.3f} / {mean.loc[(n, variant), 'ilisi_median']:.2f}"
+            if (n, variant) in mean.index
+            else "–"
             for n in names
         ]
-        overall = mean.xs(variant, level="variant")["score"].mean()
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {overall:.3f} |")
+        scores = mean.xs(variant, level="variant")["score"]
+        # a variant run on some datasets only is not averaged as if it were all of them
+        count = "" if scores.size == len(names) else f" ({scores.size} of {len(names)})"
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {scores.mean():.3f}{count} |")
     return _header(results) + "Each cell: ARI / median iLISI.\n\n" + "\n".join(lines) + "\n"
 
 
