@@ -565,9 +565,10 @@ class DeepBID:
             the model's batches: the mean over decoding in each — expression with the
             batch effect removed, in no batch's particular scale. With the final
             alignment, decoding in batch ``b`` starts from the codes with their batch's
-            offsets removed (:meth:`latent` without the scaling), moved by ``b``'s
-            offsets in the cell's clusters, so the batch effect the codes carry is
-            ``b``'s too.
+            offsets in eq. (14)'s clusters removed (:meth:`latent` without the scaling
+            and without the alignment in divided clusters), moved by ``b``'s offsets
+            in the cell's clusters, so the batch effect the codes carry is ``b``'s
+            too.
         library_size
             Counts per cell of the output; ``None``: the training data's median library
             size. (For log-normalised input, a multiple of the model's unit scale.)
