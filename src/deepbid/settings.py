@@ -183,8 +183,7 @@ class Settings:
         the final alignment again in the divided clusters and refit the mixture on its
         result (not in the paper). A divided cluster holds types that the batches hold
         in other proportions, so its offset is partly that difference of composition,
-        not batch effect. Families scenario (3 seeds, README): ARI 0.939 without,
-        PLACEHOLDER with.
+        not batch effect (families scenario, 3 seeds: README, defaults table).
     """
 
     hidden_dim: int = 500
