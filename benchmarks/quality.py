@@ -328,6 +328,16 @@ def _or_dash(value: float) -> str:
     return "–" if np.isnan(value) else f"{value:.3f}"
 
 
+def _dataset_order(names) -> list[str]:
+    """Real files by name, then the scenarios in their defined order, so tables joined from
+    several runs (--tables-from) read the same as one run."""
+    scenarios = list(SCENARIOS)
+    return sorted(
+        dict.fromkeys(names),
+        key=lambda n: (n in SCENARIOS, scenarios.index(n) if n in SCENARIOS else n),
+    )
+
+
 def _header(results: pd.DataFrame) -> str:
     first = results.iloc[0]
     # rows of several runs (--tables-from) name every commit that made them
@@ -349,7 +359,7 @@ def summary(results: pd.DataFrame) -> str:
         "| iLISI shared types / ideal | median cLISI | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in mean.index:
+    for name in _dataset_order(mean.index):
         m, s = mean.loc[name], sd.loc[name]
         lines.append(
             f"| {name} | {m['n_batches']:.0f} | {m['true_k']:.0f} | {m['n_clusters']:.1f} "
@@ -370,7 +380,7 @@ def ablation_table(results: pd.DataFrame) -> str:
     over datasets of ARI + iLISI / number of batches."""
     results = results.assign(score=results["ari"] + results["ilisi_median"] / results["n_batches"])
     mean = results.groupby(["dataset", "variant"], sort=False).mean(numeric_only=True)
-    names = list(dict.fromkeys(results["dataset"]))
+    names = _dataset_order(results["dataset"])
     present = set(results["variant"])
     variants = [v for v in ABLATION_ORDER if v in present]
     lines = [
