@@ -1,8 +1,8 @@
-"""Regenerate README.md's result tables from the results files.
+"""Regenerate the result tables of README.md and benchmarks/README.md from the results files.
 
-Every block of README.md between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->``
-is replaced by the content of ``benchmarks/results/NAME.md``, so that the tables in the
-README are the files a benchmark wrote, never hand-edited copies.
+Every block of either document between ``<!-- results:NAME -->`` and
+``<!-- /results:NAME -->`` is replaced by the content of ``benchmarks/results/NAME.md``, so
+that the tables in the documents are the files a benchmark wrote, never hand-edited copies.
 
     python benchmarks/readme_tables.py              # every block
     python benchmarks/readme_tables.py compare      # only the named blocks
@@ -18,6 +18,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
+#: The documents whose results blocks are regenerated: the README and the full record.
+DOCUMENTS = (README, HERE / "README.md")
 RESULTS = HERE / "results"
 #: A results block: its opening marker, its content, the matching closing marker.
 BLOCK = re.compile(
@@ -58,17 +60,21 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help="blocks to regenerate (default: all)")
     parser.add_argument("--check", action="store_true", help="only report stale blocks")
     args = parser.parse_args()
-    text = README.read_text()
-    unknown = set(args.names) - set(blocks(text))
+    texts = {path: path.read_text() for path in DOCUMENTS}
+    unknown = set(args.names) - {name for text in texts.values() for name in blocks(text)}
     if unknown:
-        sys.exit(f"no results block in README.md for {sorted(unknown)}")
-    updated = render(text, names=set(args.names) or None)
-    stale = sorted(name for name, body in blocks(updated).items() if blocks(text)[name] != body)
+        sys.exit(f"no results block in {[p.name for p in DOCUMENTS]} for {sorted(unknown)}")
+    stale = []
+    for path, text in texts.items():
+        updated = render(text, names=set(args.names) or None)
+        changed = sorted(n for n, body in blocks(updated).items() if blocks(text)[n] != body)
+        stale += [f"{path.relative_to(HERE.parent)}:{name}" for name in changed]
+        if not args.check and changed:
+            path.write_text(updated)
     if args.check:
         if stale:
-            sys.exit(f"stale README blocks: {stale} (run python benchmarks/readme_tables.py)")
+            sys.exit(f"stale blocks: {stale} (run python benchmarks/readme_tables.py)")
         return
-    README.write_text(updated)
     print(f"regenerated: {stale or 'nothing changed'}")
 
 

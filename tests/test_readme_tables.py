@@ -1,4 +1,5 @@
-"""README's result tables are the results files (benchmarks/readme_tables.py)."""
+"""The result tables of README.md and benchmarks/README.md are the results files
+(benchmarks/readme_tables.py)."""
 
 import importlib.util
 from pathlib import Path
@@ -11,16 +12,24 @@ readme_tables = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(readme_tables)
 
 
-def test_every_readme_block_equals_its_results_file():
-    text = readme_tables.README.read_text()
+@pytest.mark.parametrize(
+    "document", readme_tables.DOCUMENTS, ids=lambda p: str(p.relative_to(readme_tables.HERE.parent))
+)
+def test_every_block_equals_its_results_file(document):
+    text = document.read_text()
     found = readme_tables.blocks(text)
-    assert "compare" in found
+    assert found, f"{document} has no results block"
     regenerated = readme_tables.blocks(readme_tables.render(text))
     for name, body in found.items():
         assert body == regenerated[name], (
-            f"README block {name!r} differs from benchmarks/results/{name}.md: "
+            f"{document.name} block {name!r} differs from benchmarks/results/{name}.md: "
             "run python benchmarks/readme_tables.py"
         )
+
+
+def test_the_readme_holds_the_headline_tables():
+    found = readme_tables.blocks(readme_tables.README.read_text())
+    assert {"quality", "ablation", "compare", "scaling"} <= set(found)
 
 
 def test_render_fills_blocks_from_files(tmp_path):
