@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import scanpy as sc
 
+from deepbid import plotting
 from deepbid.cli import main
 from deepbid.markers import compare, markers
 from deepbid.report import FIGURES
@@ -98,6 +99,11 @@ def test_report_page_embeds_every_figure(small, tmp_path, label):
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert "rank_genes_groups" in out.uns
     assert ("deepbid_markers" in out.uns) == label
+    # the loss panels draw every phase's losses, not its step counts and timings
+    history = out.uns["deepbid"]["history"]
+    drawn_terms = {term for _, term, _ in plotting.loss_panels(history)}
+    assert {"nb", "total"} <= drawn_terms and not drawn_terms & {"seconds", "steps"}
+    assert len(history["cluster"]["seconds"]) == 3  # recorded, only not drawn
     assert ("Labels transferred to partial_deepbid" in parser.headings) == label
     if label:
         transferred = out.obs["partial_deepbid"].astype(str)[hidden]

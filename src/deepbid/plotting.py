@@ -73,14 +73,26 @@ def umap_panels(
     return Path(path)
 
 
-def loss_curves(history: dict[str, dict[str, list[float]]], path: str | os.PathLike) -> Path:
-    """One PNG with a panel per loss term of every training phase, against epoch."""
-    panels = [
+#: History entries that are bookkeeping, not losses: they get no panel.
+NOT_LOSSES = frozenset({"steps", "seconds"})
+
+
+def loss_panels(
+    history: dict[str, dict[str, list[float]]],
+) -> list[tuple[str, str, list[float]]]:
+    """``(phase, term, per-epoch values)`` of every recorded loss term, in the history's
+    order; step counts and epoch timings are left out."""
+    return [
         (phase, term, values)
         for phase, terms in history.items()
         for term, values in terms.items()
-        if len(values) > 0 and term != "steps"  # a count, not a loss
+        if len(values) > 0 and term not in NOT_LOSSES
     ]
+
+
+def loss_curves(history: dict[str, dict[str, list[float]]], path: str | os.PathLike) -> Path:
+    """One PNG with a panel per loss term of every training phase, against epoch."""
+    panels = loss_panels(history)
     n_cols = 4
     n_rows = -(-len(panels) // n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.4 * n_cols, 2.6 * n_rows), squeeze=False)
