@@ -5,8 +5,8 @@ labelled types each hold at least ``--min-cells`` cells and a tenth of the clust
 measures how far the two largest of them overlap:
 
 - ``p_mode``: the p-value of the division's own test of one mode on the cluster's cells
-  (2-means line in the cluster's PCA, Silverman's test on held-out cells; step 8 of the
-  README's "What deepbid does"): what the division saw;
+  in ``X_deepbid`` (its 2-means line and first components in the cluster's PCA,
+  Silverman's test on held-out cells; step 8 of the README's "What deepbid does");
 - ``separation``: the distance between the two types' means along the line joining
   them, in within-type sd, the line found on half of the pair's cells and measured on
   the other half (an even mixture of two equal Gaussians has two modes only beyond 2),
@@ -73,7 +73,7 @@ def mode_pvalue(z: np.ndarray, seed: int) -> float:
     """The division's test of one mode on the ``(n, d)`` cells of one cluster."""
     n_components = min(k_estimate.MODE_COMPONENTS, z.shape[0] - 1, z.shape[1])
     y = PCA(n_components, random_state=seed).fit_transform(z)
-    return k_estimate._mode_test(y, np.random.default_rng(seed), seed)
+    return k_estimate._mode_test(y, np.random.default_rng(seed), seed)[0]
 
 
 def log_normalised(adata, genes: list[str] | None) -> np.ndarray:

@@ -87,6 +87,8 @@ def test_unknown_setting_is_named():
         DeepBID(kapa2=5.0)
     with pytest.raises(InputError, match="local_target"):
         DeepBID(local_target="everywhere")
+    with pytest.raises(InputError, match=r"division_space must be one of \['codes', 'embedding'\]"):
+        DeepBID(division_space="latent")
 
 
 TINY = {

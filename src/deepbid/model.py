@@ -28,8 +28,9 @@ from .train import Trainer, denoise, embed
 #: statistics; 5: its spreads and scales; 6: the final mixture; 7: the mixture on
 #: the codes that places the offsets; 8: the divisions of clusters with two modes; 9:
 #: each divided cluster's parts refitted together; 10: the alignment measured again in
-#: the divided clusters, and the mixture refitted there).
-FORMAT = 10
+#: the divided clusters, and the mixture refitted there; 11: divisions found and routed
+#: in the codes, their parts' centres are codes).
+FORMAT = 11
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -237,10 +238,12 @@ class DeepBID:
             if self.n_clusters is None and s.divide_multimodal:
                 # after the mixture, not before: EM from a few cells cut off a cluster
                 # lets the new component take half of a large neighbouring type
+                tested = self._division_space(z, codes)
                 self.divisions, self.k_estimate["divided"] = k_estimate.find_divisions(
-                    z, p.numpy(), view.batch_codes, self.seed
+                    tested, p.numpy(), view.batch_codes, self.seed
                 )
-                p = torch.from_numpy(k_estimate.divide(z, p.numpy(), self.divisions)).float()
+                p = k_estimate.divide(tested, p.numpy(), self.divisions)
+                p = torch.from_numpy(p).float()
                 if self.divisions and s.final_alignment and s.divided_alignment:
                     # a divided cluster holds types whose batches hold them in other
                     # proportions, and its offset was partly that difference of
@@ -394,7 +397,7 @@ class DeepBID:
         self.alignment = mixing.extended(self.alignment, measured, n_old)
         if self.part_alignment is not None:
             z = self._embedding(codes, self._own_batches(view))
-            p = torch.from_numpy(self._divided(z)).float()
+            p = torch.from_numpy(self._divided(z, codes)).float()
             measured = self._measure_alignment(view, codes, p, n_batches)
             self.part_alignment = mixing.extended(self.part_alignment, measured, n_old)
 
@@ -484,11 +487,16 @@ class DeepBID:
             self.settings.final_scaling,
         ).numpy()
 
-    def _divided(self, z: np.ndarray) -> np.ndarray:
+    def _division_space(self, z: np.ndarray, codes: torch.Tensor) -> np.ndarray:
+        """The ``(n, d)`` points in which clusters are tested for two modes and divided
+        (``division_space``): the codes, or the embedding ``z`` of the first alignment."""
+        return codes.numpy() if self.settings.division_space == "codes" else z
+
+    def _divided(self, z: np.ndarray, codes: torch.Tensor) -> np.ndarray:
         """Memberships ``(n, K')`` of the final mixture on the ``(n, d)`` embedding ``z``
-        of the first alignment, its two-mode clusters divided."""
+        of the first alignment, its two-mode clusters divided in the division space."""
         p = cluster.mixture_posteriors(torch.from_numpy(z), self.mixture).numpy()
-        return k_estimate.divide(z, p, self.divisions)
+        return k_estimate.divide(self._division_space(z, codes), p, self.divisions)
 
     @property
     def _realigned(self) -> bool:
@@ -501,7 +509,7 @@ class DeepBID:
         z = self._embedding(codes, batch)
         if not self._realigned:
             return z
-        return self._part_embedding(codes, torch.from_numpy(self._divided(z)).float(), batch)
+        return self._part_embedding(codes, torch.from_numpy(self._divided(z, codes)).float(), batch)
 
     def _p(self, view: DataView) -> np.ndarray:
         if view is self.train_view and self._train_p is not None:
@@ -512,7 +520,7 @@ class DeepBID:
         if self._realigned:
             p = cluster.mixture_posteriors(torch.from_numpy(z), self.part_mixture).numpy()
         else:
-            p = self._divided(z)
+            p = self._divided(z, torch.from_numpy(self._codes(view)))
         return p.astype(np.float32)
 
     def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
