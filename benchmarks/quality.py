@@ -104,9 +104,7 @@ ABLATION = {
     "previous default (per-type target, kappa2=2, training-time L_align)": dict(
         kappa2=2.0, kappa_local=20.0, local_target="cluster", kappa_align=100.0
     ),
-    "default with divisions tested on X_deepbid (the rule before)": dict(
-        division_space="embedding"
-    ),
+    "default with divisions tested in the codes": dict(division_space="codes"),
     "default": {},
 }
 #: Variants that differ from the default only after training: scored on the default's

@@ -87,7 +87,7 @@ def test_unknown_setting_is_named():
         DeepBID(kapa2=5.0)
     with pytest.raises(InputError, match="local_target"):
         DeepBID(local_target="everywhere")
-    with pytest.raises(InputError, match=r"division_space must be one of \['codes', 'embedding'\]"):
+    with pytest.raises(InputError, match=r"division_space must be one of \['embedding', 'codes'\]"):
         DeepBID(division_space="latent")
 
 

@@ -163,12 +163,13 @@ def test_pooled_groups_that_share_a_cluster_are_divided_in_the_codes():
     """CellBench's RNA mixtures (quality.py's scenario): the K rule keeps pooled groups
     together, and the batches hold them in unequal shares, so the final alignment,
     measured in their shared cluster, pushes them together. Tested for two modes in the
-    codes, before that alignment, the divisions follow the groups better."""
+    codes (``division_space="codes"``), before that alignment, the divisions follow the
+    groups better than in the integrated embedding (the default)."""
     pools = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1], [68, 16, 16], [16, 68, 16], [16, 16, 68]]
     adata = simulate(3000, 2000, n_batches=2, n_types=7, mixtures=pools, dispersion=10.0, seed=6)
     types = adata.obs["cell_type"].to_numpy()
-    codes = DeepBID(seed=0, progress=False).fit(adata, "batch")
-    embedding = DeepBID(seed=0, progress=False, division_space="embedding").fit(adata, "batch")
+    codes = DeepBID(seed=0, progress=False, division_space="codes").fit(adata, "batch")
+    embedding = DeepBID(seed=0, progress=False).fit(adata, "batch")
     # the same training: only where the clusters are tested differs
     np.testing.assert_array_equal(codes.centres, embedding.centres)
     assert any(codes.k_estimate["divided"]["divided"])
