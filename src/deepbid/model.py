@@ -28,8 +28,8 @@ from .train import Trainer, denoise, embed
 #: statistics; 5: its spreads and scales; 6: the final mixture; 7: the mixture on
 #: the codes that places the offsets; 8: the divisions of clusters with two modes; 9:
 #: each divided cluster's parts refitted together; 10: the alignment measured again in
-#: the divided clusters, and the mixture refitted there; 11: divisions found and routed
-#: in the codes, their parts' centres are codes).
+#: the divided clusters, and the mixture refitted there; 11: the space divisions are
+#: found and routed in, ``division_space``).
 FORMAT = 11
 
 
@@ -505,7 +505,11 @@ class DeepBID:
         return self.part_alignment is not None and s.final_alignment and s.divided_alignment
 
     def _latent(self, view: DataView) -> np.ndarray:
-        codes, batch = torch.from_numpy(self._codes(view)), self._own_batches(view)
+        return self._aligned(torch.from_numpy(self._codes(view)), self._own_batches(view))
+
+    def _aligned(self, codes: torch.Tensor, batch: np.ndarray) -> np.ndarray:
+        """The integrated embedding ``(n, d)`` of ``(n, d)`` CPU codes of cells of the
+        batches ``batch``: the first alignment, and again in the divided clusters."""
         z = self._embedding(codes, batch)
         if not self._realigned:
             return z
@@ -514,13 +518,15 @@ class DeepBID:
     def _p(self, view: DataView) -> np.ndarray:
         if view is self.train_view and self._train_p is not None:
             return self._train_p
+        # the cells are encoded once: the embedding and the divisions both read the codes
+        codes = torch.from_numpy(self._codes(view))
         if self.mixture is None:
-            return self._memberships(torch.from_numpy(self._codes(view))).numpy()
-        z = self._latent(view)
+            return self._memberships(codes).numpy()
+        z = self._aligned(codes, self._own_batches(view))
         if self._realigned:
             p = cluster.mixture_posteriors(torch.from_numpy(z), self.part_mixture).numpy()
         else:
-            p = self._divided(z, torch.from_numpy(self._codes(view)))
+            p = self._divided(z, codes)
         return p.astype(np.float32)
 
     def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
