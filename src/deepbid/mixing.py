@@ -143,7 +143,7 @@ def batch_cluster_sums(
     return sums, weights.sum(dim=0).reshape(n_batches, p.shape[1])
 
 
-def _trust(counts: torch.Tensor) -> torch.Tensor:
+def batch_trust(counts: torch.Tensor) -> torch.Tensor:
     """``(n_batches, K)`` trust in each batch's centroid in each cluster:
     ``min(1, u_Bk / v_B)``, its share of the cluster over its share of all cells.
     A batch far below its usual share of a cluster is more likely a few cells of
@@ -154,12 +154,12 @@ def _trust(counts: torch.Tensor) -> torch.Tensor:
     return (u / v.clamp_min(_TINY)).clamp(max=1.0)
 
 
-def _deviations(
+def batch_deviations(
     sums: torch.Tensor, counts: torch.Tensor, n_reference: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Trust ``w`` ``(n_batches, K)`` and deviations ``m_Bk - m_k`` ``(n_batches, K, d)``,
     ``m_k`` the ``w n``-weighted mean of the first ``n_reference`` batches' centroids."""
-    weights = _trust(counts)
+    weights = batch_trust(counts)
     batch_mean = batch_centroids(sums, counts)
     mass = (weights * counts)[:n_reference, :, None]
     centre = (mass * batch_mean[:n_reference]).sum(dim=0) / mass.sum(dim=0).clamp_min(_TINY)
@@ -174,11 +174,11 @@ def batch_offsets(
     counts ``(n_batches, K)`` of :func:`batch_cluster_sums`.
 
     ``m_Bk`` is batch ``B``'s centroid in cluster ``k``, ``w_Bk`` its trust (see
-    :func:`_trust`) and ``m_k`` the ``w n``-weighted mean of the centroids of the first
+    :func:`batch_trust`) and ``m_k`` the ``w n``-weighted mean of the centroids of the first
     ``n_reference`` batches (default: all), so that batches mapped onto a trained
     model are measured against the reference's centroids alone.
     """
-    weights, deviations = _deviations(sums, counts, n_reference)
+    weights, deviations = batch_deviations(sums, counts, n_reference)
     return weights[:, :, None] * deviations
 
 
@@ -226,7 +226,7 @@ def batch_scales(
     """``1 + w_Bk (sqrt(r_k / r_Bk) - 1)`` ``(n_batches, K)``: the factor that brings
     batch ``B``'s spread ``r_Bk`` in cluster ``k`` (:func:`batch_spreads`) to the
     ``w n``-weighted mean ``r_k`` of the first ``n_reference`` batches' spreads, as
-    far as the batch's centroid is trusted (``w``, see :func:`_trust`); 1 where
+    far as the batch's centroid is trusted (``w``, see :func:`batch_trust`); 1 where
     either spread is missing.
 
     In the hundreds of latent dimensions the neighbours of a cell are set by the
@@ -234,7 +234,7 @@ def batch_scales(
     a few per cent closer to their centroid is every other batch's nearest neighbour
     and its own.
     """
-    weights = _trust(counts)
+    weights = batch_trust(counts)
     known = torch.isfinite(spreads)
     mass = torch.where(known, weights * counts, 0.0)[:n_reference]
     reference = (mass * spreads[:n_reference].nan_to_num()).sum(dim=0) / mass.sum(dim=0)
@@ -279,10 +279,20 @@ class FinalAlignment(NamedTuple):
     counts: torch.Tensor
     #: ``(n_batches, K)`` median squared distances from the batch's mean (:func:`batch_spreads`).
     spreads: torch.Tensor
-    #: ``(n_batches, K, d)`` trusted offsets (:func:`batch_offsets`).
+    #: ``(n_batches, K, d)`` trusted offsets (:func:`batch_offsets`, or the trusted
+    #: ``shifts``).
     offsets: torch.Tensor
     #: ``(n_batches, K)`` spread factors (:func:`batch_scales`).
     scales: torch.Tensor
+    #: ``(n_batches, K, d)`` each batch's shift in each cluster apart from its mix
+    #: (:mod:`deepbid.composition`; the centroid deviations in a cluster fitted
+    #: without it); ``None`` when the offsets are the centroids'.
+    shifts: torch.Tensor | None = None
+    #: ``(K, m, d)`` the shared components behind ``shifts`` (NaN in a cluster fitted
+    #: without them).
+    centres: torch.Tensor | None = None
+    #: ``(K,)`` the components' variance in each cluster (NaN where none).
+    variances: torch.Tensor | None = None
 
 
 def final_alignment(
@@ -290,15 +300,27 @@ def final_alignment(
     counts: torch.Tensor,
     spreads: torch.Tensor,
     n_reference: int | None = None,
+    shifts: torch.Tensor | None = None,
+    centres: torch.Tensor | None = None,
+    variances: torch.Tensor | None = None,
 ) -> FinalAlignment:
     """The :class:`FinalAlignment` of measured ``sums``, ``counts`` and ``spreads``, its
-    offsets and scales against the first ``n_reference`` batches (default: all)."""
+    offsets and scales against the first ``n_reference`` batches (default: all); the
+    offsets are the trusted ``shifts`` ``(n_batches, K, d)`` where given (with their
+    ``centres`` and ``variances``, see :class:`FinalAlignment`)."""
+    if shifts is None:
+        offsets = batch_offsets(sums, counts, n_reference)
+    else:
+        offsets = batch_trust(counts)[:, :, None] * shifts
     return FinalAlignment(
         sums,
         counts,
         spreads,
-        batch_offsets(sums, counts, n_reference),
+        offsets,
         batch_scales(spreads, counts, n_reference),
+        shifts,
+        centres,
+        variances,
     )
 
 
@@ -307,12 +329,18 @@ def extended(
 ) -> FinalAlignment:
     """``reference``'s first ``n_reference`` batches unchanged, and ``measured``'s
     batches from ``n_reference`` on, their offsets and scales measured against the
-    reference's centroids and spreads: the reference's embedding does not move."""
+    reference's centroids and spreads (their shifts, where measured, against the
+    reference's components): the reference's embedding does not move."""
     sums, counts, spreads = (
         torch.cat([old[:n_reference], new[n_reference:]])
         for old, new in zip(reference[:3], measured[:3], strict=True)
     )
-    new = final_alignment(sums, counts, spreads, n_reference)
+    shifts = None
+    if reference.shifts is not None:
+        shifts = torch.cat([reference.shifts[:n_reference], measured.shifts[n_reference:]])
+    new = final_alignment(
+        sums, counts, spreads, n_reference, shifts, reference.centres, reference.variances
+    )
     return new._replace(
         offsets=torch.cat([reference.offsets[:n_reference], new.offsets[n_reference:]]),
         scales=torch.cat([reference.scales[:n_reference], new.scales[n_reference:]]),
@@ -338,7 +366,7 @@ class BatchAlignment:
     clusters, ``sum_Bk w_Bk n_Bk ||m_Bk - m_k||^2 / sum_jk p_jk ||h_j - m_k||^2`` (0:
     every batch of a cluster sits on the cluster's centroid; ``m_k`` the
     ``w n``-weighted mean of the batch centroids ``m_Bk``, ``w`` see
-    :func:`_trust`). Unlike the mutual information of :class:`BatchMix`, whose
+    :func:`batch_trust`). Unlike the mutual information of :class:`BatchMix`, whose
     gradient fades once a batch's cells lie outside the reach of the other
     batches' clusters, its gradient moves every cell by its batch's offset in
     its cluster, however far. A cluster that
@@ -379,7 +407,7 @@ class BatchAlignment:
 
     def value(self) -> float:
         """Weighted share of the within-cluster spread that batch explains (0 to 1)."""
-        weights, deviations = _deviations(self.sums, self.counts)
+        weights, deviations = batch_deviations(self.sums, self.counts)
         between = (weights * self.counts * deviations.pow(2).sum(dim=2)).sum()
         return float(between) / self.spread
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import cluster, distributed, k_estimate, mixing
+from . import cluster, composition, distributed, k_estimate, mixing
 from .data import DataView, batch_labels, check_anndata, prepare, prepare_like
 from .errors import InputError, InputWarning
 from .files import write_atomically
@@ -29,8 +29,9 @@ from .train import Trainer, denoise, embed
 #: the codes that places the offsets; 8: the divisions of clusters with two modes; 9:
 #: each divided cluster's parts refitted together; 10: the alignment measured again in
 #: the divided clusters, and the mixture refitted there; 11: the space divisions are
-#: found and routed in, ``division_space``).
-FORMAT = 11
+#: found and routed in, ``division_space``; 12: the batches' shifts apart from their
+#: mix, ``alignment_components``).
+FORMAT = 12
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -356,13 +357,22 @@ class DeepBID:
         return mapped
 
     def _measure_alignment(
-        self, view: DataView, codes: torch.Tensor, p: torch.Tensor, n_batches: int
+        self,
+        view: DataView,
+        codes: torch.Tensor,
+        p: torch.Tensor,
+        n_batches: int,
+        reference: mixing.FinalAlignment | None = None,
+        n_reference: int = 0,
     ) -> mixing.FinalAlignment:
         """The final alignment of the ``(n, d)`` CPU codes of ``view``'s cells (of all
         processes) in the clusters of their memberships ``p`` ``(n, K)``: sums and
         counts per batch and cluster, each cell counted in its hard cluster with the
-        weight of its membership there, and the median squared distance of each
-        batch's cells in each hard cluster from their own mean."""
+        weight of its membership there, the median squared distance of each
+        batch's cells in each hard cluster from their own mean, and with
+        ``alignment_components`` each batch's shift apart from its mix
+        (:meth:`_shifts`; those of the batches from ``n_reference`` on against
+        ``reference``'s components, where given)."""
         batch = torch.as_tensor(view.batch_codes, dtype=torch.long)
         labels = p.argmax(dim=1)
         hard = torch.nn.functional.one_hot(labels, p.shape[1]).to(p.dtype)
@@ -385,7 +395,109 @@ class DeepBID:
             for t in (distances, batch, labels)
         ]
         spreads = mixing.batch_spreads(*whole, n_batches, p.shape[1])
-        return mixing.final_alignment(sums, counts, spreads)
+        if not self.settings.alignment_components or (
+            reference is not None and reference.shifts is None
+        ):
+            return mixing.final_alignment(sums, counts, spreads)
+        mixtures = self._shifts(codes, p * hard, batch, sums, counts, reference, n_reference)
+        return mixing.final_alignment(sums, counts, spreads, None, *mixtures)
+
+    def _shifts(
+        self,
+        codes: torch.Tensor,
+        mass: torch.Tensor,
+        batch: torch.Tensor,
+        sums: torch.Tensor,
+        counts: torch.Tensor,
+        reference: mixing.FinalAlignment | None,
+        n_reference: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each batch's shift in each cluster apart from its mix, ``(n_batches, K, d)``,
+        with the ``(K, m, d)`` components and ``(K,)`` variances behind them
+        (:mod:`deepbid.composition`): the centroid deviations, NaN and NaN in a
+        cluster too small to fit (or, against ``reference``, fitted without them).
+
+        ``mass`` ``(n, K)`` is each cell's weight in its hard cluster (0 elsewhere);
+        the sums and counts are :func:`~deepbid.mixing.batch_cluster_sums`' of it."""
+        n_batches, k, d = sums.shape
+        labels = mass.argmax(dim=1)
+        if reference is not None:
+            # the new batches start from their centroids' deviations from the reference's
+            sums = torch.cat([reference.sums[:n_reference], sums[n_reference:]])
+            counts = torch.cat([reference.counts[:n_reference], counts[n_reference:]])
+        weights, deviations = mixing.batch_deviations(sums, counts, n_reference or None)
+        if reference is None:
+            # two starts: the codes as they are, and with their centroid offsets removed
+            begins = [torch.zeros_like(deviations), deviations]
+            seeds = self._starting_centres(codes, batch, labels, begins)
+        else:
+            deviations[:n_reference] = reference.shifts[:n_reference]
+            begins = [deviations]
+        shifts = deviations.clone()
+        centres = torch.full((k, self.settings.alignment_components, d), float("nan"))
+        variances = torch.full((k,), float("nan"))
+        for c in range(k):
+            rows = labels == c
+            fits = []
+            for i, begin in enumerate(begins):
+                if reference is None and seeds[i][c] is None:
+                    continue
+                if reference is not None and not reference.variances[c].isfinite():
+                    continue
+                known = None
+                if reference is not None:
+                    known = composition.ShiftedMixture(
+                        reference.centres[c],
+                        None,
+                        reference.shifts[:, c],
+                        float(reference.variances[c]),
+                    )
+                fits.append(
+                    composition.fit_shifted_mixture(
+                        codes[rows],
+                        mass[rows, c],
+                        batch[rows],
+                        n_batches,
+                        None if reference is not None else torch.from_numpy(seeds[i][c]),
+                        begin[:, c],
+                        (weights * counts)[:, c],
+                        known,
+                        n_reference,
+                        reduce=distributed.all_sum,
+                    )
+                )
+            if not fits:
+                continue
+            best = max(fits, key=lambda fit: fit.log_likelihood)
+            shifts[:, c] = best.shifts.to(shifts.dtype)
+            centres[c] = best.centres.to(centres.dtype)
+            variances[c] = best.variance
+        return shifts, centres, variances
+
+    def _starting_centres(
+        self,
+        codes: torch.Tensor,
+        batch: torch.Tensor,
+        labels: torch.Tensor,
+        begins: list[torch.Tensor],
+    ) -> list[list[np.ndarray | None]]:
+        """For each of the ``(n_batches, K, d)`` starting shifts ``begins``, the
+        k-means++ components of every cluster's cells so shifted, from one sample of
+        the cells of all processes (:func:`~deepbid.composition.starting_centres`)."""
+        k = begins[0].shape[1]
+        placed = [(codes - begin[batch, labels]).numpy() for begin in begins]
+        sample = cluster.gathered_sample(
+            (*placed, labels.numpy()), cluster.KMEANS_INIT_CELLS, self.seed
+        )
+        seeds = None
+        if distributed.rank() == 0:
+            seeds = [
+                composition.starting_centres(
+                    points, sample[-1], k, self.settings.alignment_components, self.seed
+                )
+                for points in sample[:-1]
+            ]
+        return distributed.broadcast_object(seeds)
 
     def _add_batch_alignment(self, view: DataView, n_old: int) -> None:
         """The final alignment (and the one in divided clusters) of the batches
@@ -393,12 +505,16 @@ class DeepBID:
         reference's own stay as they were, so its embedding does not change."""
         codes = torch.from_numpy(self._codes(view))
         n_batches = len(self.batch_categories)
-        measured = self._measure_alignment(view, codes, self._offset_weights(codes), n_batches)
+        measured = self._measure_alignment(
+            view, codes, self._offset_weights(codes), n_batches, self.alignment, n_old
+        )
         self.alignment = mixing.extended(self.alignment, measured, n_old)
         if self.part_alignment is not None:
             z = self._embedding(codes, self._own_batches(view))
             p = torch.from_numpy(self._divided(z, codes)).float()
-            measured = self._measure_alignment(view, codes, p, n_batches)
+            measured = self._measure_alignment(
+                view, codes, p, n_batches, self.part_alignment, n_old
+            )
             self.part_alignment = mixing.extended(self.part_alignment, measured, n_old)
 
     # -- results ---------------------------------------------------------------------
