@@ -113,7 +113,7 @@ def test_alignment_surrogate_gradient_is_the_full_data_gradient():
     leaf = h.clone().requires_grad_(True)
     sums, counts = mixing.batch_cluster_sums(leaf, p, batch, 2)
     spread = float((h - (p.T @ h / p.sum(0)[:, None])[p.argmax(1)]).pow(2).sum())
-    weights, deviations = mixing._deviations(sums, counts)
+    weights, deviations = mixing.batch_deviations(sums, counts)
     value = (weights * counts * deviations.pow(2).sum(dim=2)).sum() / spread
     (grad_full,) = torch.autograd.grad(value, leaf)
     held = mixing.BatchAlignment(sums.detach(), counts, spread)
