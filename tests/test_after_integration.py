@@ -27,6 +27,34 @@ def model(mixology):
     return DeepBID(n_clusters=3, seed=0, **FAST).fit(mixology, "batch")
 
 
+def test_offsets_apart_from_the_mix_map_save_and_load(reference_and_query, tmp_path):
+    """``alignment_components``: each cluster's offsets are the shifted mixture's, a mapped
+    batch's are measured against the reference's components and leave the reference in
+    place, and a saved model gives the same embedding."""
+    reference, query = reference_and_query
+    model = DeepBID(n_clusters=4, seed=0, alignment_components=4, **FAST).fit(reference, "batch")
+    measured = model.alignment
+    fitted = measured.variances.isfinite()
+    assert fitted.any()
+    trust = deepbid.mixing.batch_trust(measured.counts)
+    torch.testing.assert_close(measured.offsets, trust[:, :, None] * measured.shifts)
+    reference_batch = reference.obs["batch"].astype(str).to_numpy()
+    assert np.median(deepbid.metrics.lisi(model.latent(), reference_batch)) > 1.5
+    latent_before = model.latent(reference)
+    mapped = model.map(query)
+    np.testing.assert_array_equal(mapped.latent(reference), latent_before)
+    assert torch.equal(mapped.alignment.shifts[:2], measured.shifts[:2])
+    assert torch.equal(mapped.alignment.centres[fitted], measured.centres[fitted])
+    new = mapped.alignment.shifts[2][fitted]
+    assert torch.isfinite(new).all() and (new != 0).any()
+    batch = np.r_[reference_batch, query.obs["batch"].astype(str)]
+    both = np.vstack([latent_before, mapped.latent()])
+    assert np.median(deepbid.metrics.lisi(both, batch)) > 1.5
+    mapped.save(tmp_path / "model.pt")
+    loaded = DeepBID.load(tmp_path / "model.pt")
+    np.testing.assert_array_equal(loaded.latent(query), mapped.latent(query))
+
+
 def _between_batch_gap(values, batch, labels):
     """Mean over cell lines and genes of |difference of the two protocols' mean log1p|."""
     logv = np.log1p(values)
