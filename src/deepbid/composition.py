@@ -77,7 +77,7 @@ def fit_shifted_mixture(
     mass: torch.Tensor,
     batch: torch.Tensor,
     n_batches: int,
-    centres: torch.Tensor,
+    centres: torch.Tensor | None,
     shifts: torch.Tensor,
     anchor: torch.Tensor,
     reference: ShiftedMixture | None = None,
@@ -97,12 +97,14 @@ def fit_shifted_mixture(
     n_batches
         Number of batches.
     centres
-        ``(m, d)`` starting component centres (:func:`starting_centres`).
+        ``(m, d)`` starting component centres (:func:`starting_centres`); ``None``
+        with ``reference``.
     shifts
-        ``(n_batches, d)`` starting shifts (the centroid offsets).
+        ``(n_batches, d)`` starting shifts (0, or the centroid offsets).
     anchor
         ``(n_batches,)`` weights of the batches whose weighted mean shift is 0 (the
-        shifts are otherwise defined up to a common vector, which the centres take).
+        shifts are otherwise defined up to a common vector, which the centres take);
+        unused with ``reference``, whose centres fix that vector.
     reference
         A fitted mixture whose centres, variance and first ``n_reference`` shifts
         stay fixed: the shifts of the batches from ``n_reference`` on are measured
@@ -134,7 +136,8 @@ def fit_shifted_mixture(
         )
         posteriors = torch.softmax(logits, dim=1)
         weighted = posteriors * mass[:, None]
-        # a pseudo-cell per component keeps a weight of 0 (and its log) out of reach
+        # one pseudo-cell spread over the components keeps a weight of 0 (and its log)
+        # out of reach
         counts = reduce(onehot.T @ posteriors) + 1.0 / m
         weights = counts / counts.sum(dim=1, keepdim=True)
         if reference is None:
