@@ -173,11 +173,12 @@ class Settings:
         (:mod:`~deepbid.composition`; not in the paper). 0 (the default) takes the
         difference between the batch's centroid and the cluster's, which holds the
         difference of mix too: two close types or a family of types that the
-        batches hold in unequal shares blur into each other. With 4, the families
-        and RNA-mixture scenarios keep their types apart (ARI 0.99 against 0.97 and
-        0.86), but a sub-state of one cell line of CellBench's 3 cell lines, held
-        in other shares by the two protocols, then shows as a second mode and is
-        divided on every seed (ARI 0.76 against 0.91; README, defaults table).
+        batches hold in unequal shares blur into each other. With 4 (3 seeds), the
+        families and RNA-mixture scenarios keep their types apart better (ARI 0.991
+        against 0.972, 0.928 against 0.863), but a sub-state of one of CellBench's
+        3 cell lines, held in other shares by the two protocols, then shows as a
+        second mode and is divided on one seed (ARI 0.751 against 0.908; README,
+        defaults table).
     final_scaling
         With ``final_alignment``, also scale each batch's cells in each cluster
         about their centroid so that their median squared distance from it is the
