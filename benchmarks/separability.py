@@ -21,6 +21,7 @@ measures how far the two largest of them overlap:
 
     python benchmarks/separability.py                       # close types, RNA mixtures
     python benchmarks/separability.py --only sc_mixology_3cl --seeds 0
+    python benchmarks/separability.py --set alignment_components=4 --out results/x
 
 Writes ``results/separability.{csv,md}``.
 """
@@ -34,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 from mapping import markdown_table, save
-from quality import datasets, fit
+from quality import _parse, datasets, fit
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
@@ -103,9 +104,9 @@ def shared_clusters(
     return found
 
 
-def measure(name: str, adata, seed: int, min_cells: int) -> list[dict]:
-    """One row per cluster of the fit that holds two types."""
-    model, _ = fit(adata, seed, {})
+def measure(name: str, adata, seed: int, min_cells: int, settings: dict) -> list[dict]:
+    """One row per cluster of the fit (with ``settings``) that holds two types."""
+    model, _ = fit(adata, seed, settings)
     cells = model.train_view.cells
     kept = adata[cells]
     z = model.latent()[cells]
@@ -123,6 +124,7 @@ def measure(name: str, adata, seed: int, min_cells: int) -> list[dict]:
             {
                 "dataset": name,
                 "seed": seed,
+                "settings": " ".join(f"{k}={v}" for k, v in settings.items()),
                 "n_clusters": int(np.unique(clusters).size),
                 "cluster": cluster,
                 "cluster_cells": int(members.sum()),
@@ -151,12 +153,13 @@ def markdown(results: pd.DataFrame) -> str:
         + ["kmeans2_ari", "lda_embedding", "lda_codes", "lda_selected_genes", "lda_all_genes"]
     ]
     first = results.iloc[0]
+    changed = first.get("settings")
+    settings = f" with {changed}" if isinstance(changed, str) and changed else ""
     return (
         f"commit {first['commit']}, {first['date']}, {first['cores']} cores; deepbid's "
-        "defaults, K estimated; one line per final cluster holding two labelled types (the "
-        "two largest, each at least --min-cells cells and a tenth of the cluster).\n\n"
-        + markdown_table(table)
-        + "\n"
+        f"defaults{settings}, K estimated; one line per final cluster holding two labelled "
+        "types (the two largest, each at least --min-cells cells and a tenth of the "
+        "cluster).\n\n" + markdown_table(table) + "\n"
     )
 
 
@@ -166,12 +169,16 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--min-cells", type=int, default=30)
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="override DeepBID settings"
+    )
     args = parser.parse_args()
+    settings = {k: _parse(v) for k, v in (item.split("=", 1) for item in args.set)}
     rows = [
         row
         for name, load in datasets(args.only).items()
         for seed in args.seeds
-        for row in measure(name, load(), seed, args.min_cells)
+        for row in measure(name, load(), seed, args.min_cells, settings)
     ]
     save(rows, Path(args.out), "separability", markdown)
 
