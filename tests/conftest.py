@@ -1,5 +1,10 @@
 """Shared fixtures: the bundled real dataset, subsampled, and small fast model settings."""
 
+import contextlib
+import importlib
+import sys
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pytest
@@ -18,6 +23,20 @@ FAST = dict(
     batch_size=64,
     progress=False,
 )
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextlib.contextmanager
+def benchmark_script(name: str):
+    """The script ``benchmarks/<name>.py`` as a module; ``benchmarks/`` is on the path only
+    meanwhile (the scripts import their neighbours)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,17 @@
 """benchmarks/representation.py's scores: k-means with the true K, per-batch scoring, and
 the depth of misassigned cells."""
 
-import importlib
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import benchmark_script
 
 from deepbid import metrics
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def representation():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("representation")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_script("representation") as module:
+        yield module
 
 
 def test_kmeans_with_the_true_k_recovers_separated_types(representation):

@@ -1,22 +1,14 @@
 """benchmarks/separability.py's measures of how far two types sharing a cluster overlap."""
 
-import importlib
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def separability():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("separability")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    with benchmark_script("separability") as module:
+        yield module
 
 
 def two_gaussians(distance: float, n: int = 600, d: int = 10, seed: int = 0):

@@ -381,7 +381,8 @@ class DeepBID:
         # to the batch's mix of types: an offset that is composition, which removing
         # separates the batches. The weight of a cell in its own cluster keeps the
         # core of each cluster ahead of its edge.
-        sums, counts = mixing.batch_cluster_sums(codes, p * hard, batch, n_batches)
+        own = p * hard
+        sums, counts = mixing.batch_cluster_sums(codes, own, batch, n_batches)
         sums, counts = distributed.all_sum(sums), distributed.all_sum(counts)
         # spreads about the hard members' unweighted mean: a radius counts every cell
         hard_sums, hard_counts = mixing.batch_cluster_sums(codes, hard, batch, n_batches)
@@ -399,7 +400,7 @@ class DeepBID:
             reference is not None and reference.shifts is None
         ):
             return mixing.final_alignment(sums, counts, spreads)
-        mixtures = self._shifts(codes, p * hard, batch, sums, counts, reference, n_reference)
+        mixtures = self._shifts(codes, own, batch, sums, counts, reference, n_reference)
         return mixing.final_alignment(sums, counts, spreads, None, *mixtures)
 
     def _shifts(
@@ -432,42 +433,44 @@ class DeepBID:
             seeds = self._starting_centres(codes, batch, labels, begins)
         else:
             deviations[:n_reference] = reference.shifts[:n_reference]
-            begins = [deviations]
         shifts = deviations.clone()
         centres = torch.full((k, self.settings.alignment_components, d), float("nan"))
         variances = torch.full((k,), float("nan"))
+        anchor = weights * counts
         for c in range(k):
-            rows = labels == c
-            fits = []
-            for i, begin in enumerate(begins):
-                if reference is None and seeds[i][c] is None:
-                    continue
-                if reference is not None and not reference.variances[c].isfinite():
-                    continue
-                known = None
-                if reference is not None:
-                    known = composition.ShiftedMixture(
-                        reference.centres[c],
-                        None,
-                        reference.shifts[:, c],
-                        float(reference.variances[c]),
-                    )
-                fits.append(
-                    composition.fit_shifted_mixture(
-                        codes[rows],
-                        mass[rows, c],
-                        batch[rows],
-                        n_batches,
-                        None if reference is not None else torch.from_numpy(seeds[i][c]),
-                        begin[:, c],
-                        (weights * counts)[:, c],
-                        known,
-                        n_reference,
-                        reduce=distributed.all_sum,
-                    )
+            known = None
+            if reference is None:
+                starts = [(seeds[i][c], begin) for i, begin in enumerate(begins)]
+                starts = [(torch.from_numpy(s), begin) for s, begin in starts if s is not None]
+            elif reference.variances[c].isfinite():
+                known = composition.ShiftedMixture(
+                    reference.centres[c],
+                    None,
+                    reference.shifts[:, c],
+                    float(reference.variances[c]),
                 )
+                starts = [(None, deviations)]
+            else:
+                starts = []
+            rows = labels == c
+            fits = [
+                composition.fit_shifted_mixture(
+                    codes[rows],
+                    mass[rows, c],
+                    batch[rows],
+                    n_batches,
+                    start,
+                    begin[:, c],
+                    anchor[:, c],
+                    known,
+                    n_reference,
+                    reduce=distributed.all_sum,
+                )
+                for start, begin in starts
+            ]
             if not fits:
                 continue
+            # a mix and a shift can explain the same cells: the likelier optimum is kept
             best = max(fits, key=lambda fit: fit.log_likelihood)
             shifts[:, c] = best.shifts.to(shifts.dtype)
             centres[c] = best.centres.to(centres.dtype)
