@@ -150,17 +150,24 @@ def test_unknown_transform_batch_is_refused_before_training(small, monkeypatch):
         deepbid.integrate(small, "batch", transform_batch=7)
 
 
-def test_final_alignment_removes_batch_offsets_and_moves_nothing_else():
-    """The final alignment takes each batch's offset out of its clusters in X_deepbid:
-    the batch share of the within-cluster variance, counted with the weights the
-    offsets are measured with (each cell in its own hard cluster of eq. 14), all but
-    vanishes; eq. 14's clusters and memberships and the denoised values are those of
-    the same fit without it."""
+@pytest.mark.parametrize("components", [0, 4])
+def test_final_alignment_removes_batch_offsets_and_moves_nothing_else(components):
+    """The final alignment takes each batch's offset out of its clusters in X_deepbid
+    and moves nothing else: eq. 14's clusters and memberships and the denoised values
+    are those of the same fit without it, and median iLISI rises. Between centroids
+    (``alignment_components=0``) the batch share of the within-cluster variance,
+    counted with the weights the offsets are measured with (each cell in its own hard
+    cluster of eq. 14), all but vanishes."""
     adata = deepbid.datasets.mixology_3cl()
     models = {
-        on: DeepBID(n_clusters=3, seed=0, final_alignment=on, final_mixture=False, **FAST).fit(
-            adata, "batch"
-        )
+        on: DeepBID(
+            n_clusters=3,
+            seed=0,
+            final_alignment=on,
+            final_mixture=False,
+            alignment_components=components,
+            **FAST,
+        ).fit(adata, "batch")
         for on in (False, True)
     }
     np.testing.assert_array_equal(models[True].clusters(), models[False].clusters())
@@ -183,7 +190,10 @@ def test_final_alignment_removes_batch_offsets_and_moves_nothing_else():
     # eq. 14's clusters (in a mixture's on the codes, alignment_mixture: 0.0003 to 0.0012)
     after = copy.copy(models[True])
     after.settings = dataclasses.replace(after.settings, final_scaling=False)
-    assert batch_share(after.latent()) < 0.05 * batch_share(models[False].latent())
+    if components == 0:
+        assert batch_share(after.latent()) < 0.05 * batch_share(models[False].latent())
+    # offsets apart from the mix leave the centroids their difference of mix; how well
+    # they find a known shift is tests/test_composition.py's
 
     def ilisi(latent):
         return np.median(deepbid.metrics.lisi(latent, batch))

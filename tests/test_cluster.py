@@ -353,3 +353,29 @@ def test_no_division_by_batch_or_into_a_handful_of_cells():
     small = np.r_[small, np.arange(600, 1000)]
     divided, report = _divide(z[small], p[small], np.zeros(small.size, dtype=int), seed=0)
     assert divided.shape[1] == 2
+
+
+def _two_groups(separation: float, seed: int) -> np.ndarray:
+    """200 points in 10 dimensions: two unit-variance groups held 60 : 40, their means
+    ``separation`` sd apart along the first axis."""
+    y = np.random.default_rng(seed).standard_normal((200, 10))
+    y[:120, 0] += separation
+    return y
+
+
+def test_a_verdict_near_the_level_does_not_rest_on_one_halving():
+    """Groups 4.8 sd apart among 200 cells (a sub-state, say) lie so near the level that
+    one random halving rejects one mode on about half the draws; repeated on
+    MODE_SPLITS halvings, the test gives one verdict on at least 9 draws of 10. Groups
+    8 sd apart are divided on every draw."""
+    y = _two_groups(4.8, seed=2)
+    alpha = k_estimate.MODE_ALPHA
+    draws = range(10)
+    one = [k_estimate._halving_test(y, np.random.default_rng(100 + r), r)[0] for r in draws]
+    assert 0.2 <= np.mean(np.array(one) <= alpha) <= 0.8
+    repeated = [k_estimate._mode_test(y, np.random.default_rng(100 + r), r)[0] for r in draws]
+    rejected = np.mean(np.array(repeated) <= alpha)
+    assert max(rejected, 1 - rejected) >= 0.9
+    y = _two_groups(8.0, seed=2)
+    for r in range(3):
+        assert k_estimate._mode_test(y, np.random.default_rng(100 + r), r)[0] <= alpha

@@ -487,7 +487,8 @@ def find_divisions(
     on half of its cells (at most :data:`MODE_CELLS` in all) 2-means draws a line
     between two centres and PCA finds the first :data:`MODE_DIRECTIONS` components;
     the other half, projected on each of these lines, is tested for one mode
-    (:func:`deepbid.modality.unimodality_pvalue`, Bonferroni over the lines).
+    (:func:`deepbid.modality.unimodality_pvalue`, Bonferroni over the lines), and the
+    p-values of :data:`MODE_SPLITS` such halvings are aggregated as twice their median.
     Held-out cells, because 2-means finds two groups in any cloud, and its own cells
     projected on its own line always show them. Below :data:`MODE_ALPHA` the cluster
     is divided by 2-means along the line that showed the modes, on all its cells,
