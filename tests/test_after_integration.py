@@ -229,7 +229,9 @@ def test_map_adapts_new_batch_and_leaves_the_reference_unchanged(
     measured = np.isfinite(ratio)
     assert measured.sum() >= 2
     scales = mapped.alignment.scales[2].numpy()
-    np.testing.assert_allclose(ratio[measured], scales[measured] ** 2, rtol=1e-5)
+    # float32 embeddings: sums of squares over a cluster's cells hold about 5 digits
+    # (on two threads, offsets apart from the mix: 1.0e-5 off)
+    np.testing.assert_allclose(ratio[measured], scales[measured] ** 2, rtol=1e-4)
     reference = np.nanmean(spreads[:2, held], axis=0)
     gap = lambda s: np.abs(np.log(s / reference)).sum()  # noqa: E731
     assert gap(spreads[2, held]) < gap(raw[held])
