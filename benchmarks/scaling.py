@@ -231,10 +231,15 @@ def figure(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def exponent(table: pd.DataFrame, low: int) -> float:
-    """Slope of log seconds on log cells for deepbid's rows from ``low`` cells up."""
-    rows = table[(table["method"] == "deepbid") & (table["cells"] >= low)]
-    return float(np.polyfit(np.log(rows["cells"]), np.log(rows["seconds"]), 1)[0])
+def exponent(table: pd.DataFrame, low: int) -> tuple[float, int]:
+    """Slope of log seconds on log cells for deepbid's rows from ``low`` cells up (from
+    its smallest size where fewer than two sizes reach ``low``: a line needs two), and
+    the size it starts from."""
+    rows = table[table["method"] == "deepbid"]
+    if (rows["cells"] >= low).sum() >= 2:
+        rows = rows[rows["cells"] >= low]
+    slope = np.polyfit(np.log(rows["cells"]), np.log(rows["seconds"]), 1)[0]
+    return float(slope), int(rows["cells"].min())
 
 
 def main() -> None:
@@ -293,11 +298,11 @@ def main() -> None:
                 name.unlink()  # deepbid's output and metrics
     table = pd.DataFrame(rows).sort_values(["cells", "method"])
     table.to_csv(out / "scaling.csv", index=False)
-    slope = exponent(table, 20_000)
+    slope, first = exponent(table, 20_000)
     header = (
         f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores; "
-        f"{stamp['versions']}\n\ndeepbid's log seconds on log cells from 20k up: slope "
-        f"{slope:.2f}\n\n"
+        f"{stamp['versions']}\n\ndeepbid's log seconds on log cells from {first // 1000}k "
+        f"up: slope {slope:.2f}\n\n"
     )
     (out / "scaling.md").write_text(header + markdown(table.fillna("")))
     figure(table, out / "scaling.png")
