@@ -566,31 +566,30 @@ def _selected(
 
     Under ``torch.distributed`` batch ``b`` is selected on process ``b % w``: the
     processes send it their rows of that batch (per-gene statistics do not depend on
-    the order they arrive in), so each holds about ``1 / w`` of the sample; the union
-    is then shared.
+    the order they arrive in), one batch at a time, so that a process holds its own
+    rows of the sample and one batch's received rows (twice over while they are
+    unpickled), not all its batches' at once; the union is then shared.
     """
     world = distributed.world_size()
-    owner = codes[rows] % world
-    mine: list | None = None
-    for process in range(world):
-        send = owner == process
-        part = (rows, sampled) if send.all() else (rows[send], sampled[send])
-        received = distributed.gather_to(process, part)
-        if received is not None:
-            mine = received
-    del sampled, part
-    order = np.concatenate([r for r, _ in mine])
-    matrices = [m for _, m in mine]
-    del mine
-    matrix = matrices[0] if len(matrices) == 1 else _stack(matrices, matrices[0].shape[1])
-    used = cells[order]
-    selected = _select_genes(
-        matrix if used.all() else matrix[used],
-        _scale(library[order][used]) if is_counts else None,
-        codes[order][used],
-        n_top_genes,
-        min_cells,
-    )
+    codes_here = codes[rows]
+    selected = np.zeros(sampled.shape[1], dtype=bool)
+    for code in np.unique(codes[cells]):
+        send = codes_here == code
+        received = distributed.gather_to(int(code) % world, (rows[send], sampled[send]))
+        if received is None:
+            continue
+        order = np.concatenate([r for r, _ in received])
+        matrices = [m for _, m in received]
+        del received
+        matrix = matrices[0] if len(matrices) == 1 else _stack(matrices, sampled.shape[1])
+        used = cells[order]
+        selected |= _select_genes(
+            matrix if used.all() else matrix[used],
+            _scale(library[order][used]) if is_counts else None,
+            codes[order][used],
+            n_top_genes,
+            min_cells,
+        )
     votes = distributed.all_sum(torch.from_numpy(selected.astype(np.int64)))
     return votes.numpy() > 0
 
