@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from mapping import markdown_table, save
-from quality import SHARED, fit, provenance
+from quality import SHARED, fit, provenance, singlets
+from representation import depth_percentiles, majority_types
 from scipy.optimize import nnls
-from scipy.stats import rankdata
 
 from deepbid import metrics
 
@@ -72,18 +72,14 @@ def run(name: str, adata: ad.AnnData, seed: int) -> tuple[dict, pd.DataFrame]:
     obs = adata.obs.iloc[cells]
     labels = obs["cell_type"].astype(str).to_numpy()
     batch = obs["batch"].astype(str).to_numpy()
-    singlet = (obs["demuxlet_cls"].astype(str) == "SNG").to_numpy()
+    singlet = singlets(adata)[cells]
     clusters = model.clusters()[cells]
     counts = adata[:, model.genes].X
     counts = np.asarray(counts.toarray() if sp.issparse(counts) else counts)[cells].astype(float)
     shares, names = compositions(counts, labels, batch, singlet)
-    library = counts.sum(axis=1)
-    depth = np.empty_like(library)
-    for b in np.unique(batch):
-        own = batch == b
-        depth[own] = 100 * rankdata(library[own]) / own.sum()
-    majority = pd.Series(labels).groupby(clusters).agg(lambda s: s.value_counts().index[0])
-    wrong = majority.loc[clusters].to_numpy() != labels
+    depth = depth_percentiles(counts.sum(axis=1), batch)
+    majority = majority_types(clusters, labels)
+    wrong = majority != labels
     largest = shares.max(axis=1)
     dominant = np.asarray(names)[shares.argmax(axis=1)]
     ambiguous = ~singlet & (largest < DOMINANT)
@@ -94,7 +90,7 @@ def run(name: str, adata: ad.AnnData, seed: int) -> tuple[dict, pd.DataFrame]:
             "cell": obs.index[wrong],
             "batch": batch[wrong],
             "label": labels[wrong],
-            "cluster_majority": majority.loc[clusters[wrong]].to_numpy(),
+            "cluster_majority": majority[wrong],
             "call": np.where(singlet[wrong], "SNG", "DBL"),
             "depth_pct": depth[wrong],
             "largest_share": largest[wrong],
@@ -113,9 +109,7 @@ def run(name: str, adata: ad.AnnData, seed: int) -> tuple[dict, pd.DataFrame]:
         "misplaced": int(wrong.sum()),
         "misplaced_doublets": int((wrong & ~singlet).sum()),
         "misplaced_no_dominant_line": int((wrong & ambiguous).sum()),
-        "misplaced_to_largest_share_line": int(
-            (wrong & (majority.loc[clusters].to_numpy() == dominant)).sum()
-        ),
+        "misplaced_to_largest_share_line": int((wrong & (majority == dominant)).sum()),
         "doublets_no_dominant_line": int(ambiguous.sum()),
         "median_depth_pct_misplaced": float(np.median(depth[wrong])) if wrong.any() else np.nan,
         "ari": metrics.ari(labels, clusters),

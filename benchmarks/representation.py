@@ -61,15 +61,25 @@ def within_batches(score, labels: np.ndarray, batch: np.ndarray, *arrays) -> flo
     return float(np.average(values, weights=weights))
 
 
-def error_depth(clusters: np.ndarray, labels: np.ndarray, library: np.ndarray, batch) -> float:
-    """Median within-batch library-size percentile of the cells outside their cluster's
-    majority type (NaN when there are none)."""
-    table = pd.crosstab(clusters, labels)
-    wrong = labels != table.idxmax(axis=1).loc[clusters].to_numpy()
+def majority_types(clusters: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(n,)`` the most common label of each cell's cluster."""
+    return pd.crosstab(clusters, labels).idxmax(axis=1).loc[clusters].to_numpy()
+
+
+def depth_percentiles(library: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """``(n,)`` each cell's library size as a percentile of its batch's."""
     percentile = np.empty(len(library))
     for name in np.unique(batch):
         cells = batch == name
         percentile[cells] = 100 * (rankdata(library[cells]) - 0.5) / cells.sum()
+    return percentile
+
+
+def error_depth(clusters: np.ndarray, labels: np.ndarray, library: np.ndarray, batch) -> float:
+    """Median within-batch library-size percentile of the cells outside their cluster's
+    majority type (NaN when there are none)."""
+    wrong = labels != majority_types(clusters, labels)
+    percentile = depth_percentiles(library, batch)
     return float(np.median(percentile[wrong])) if wrong.any() else float("nan")
 
 
