@@ -15,16 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import deepbid
-from deepbid import DeepBID, InputError, InputWarning, TrainingError, mixing
+from deepbid import DeepBID, InputError, InputWarning, TrainingError, losses
 
 
 def test_nan_loss_stops_with_phase_epoch_and_term(small, monkeypatch):
-    def broken(p, batch, log_ratio):
-        return p.sum() * torch.tensor(float("nan"))
+    def broken(h, batch):
+        return h.sum() * torch.tensor(float("nan"))
 
-    monkeypatch.setattr(mixing, "surrogate", broken)
+    monkeypatch.setattr(losses, "kl_within_batch", broken)
     out = small.copy()
-    with pytest.raises(TrainingError, match=r"cluster epoch 1: loss term\(s\) \['kl_local'\]"):
+    with pytest.raises(TrainingError, match=r"cluster epoch 1: loss term\(s\) \['kl_within'\]"):
         deepbid.integrate(out, "batch", n_clusters=3, **FAST)
     assert "X_deepbid" not in out.obsm and "deepbid" not in out.uns
 
@@ -85,10 +85,8 @@ def test_load_names_a_model_of_another_version(tmp_path):
 def test_unknown_setting_is_named():
     with pytest.raises(InputError, match="unknown setting.*kapa2"):
         DeepBID(kapa2=5.0)
-    with pytest.raises(InputError, match="local_target"):
-        DeepBID(local_target="everywhere")
-    with pytest.raises(InputError, match=r"division_space must be one of \['embedding', 'codes'\]"):
-        DeepBID(division_space="latent")
+    with pytest.raises(InputError, match="kappa_local"):  # deepbid 0.1's, gone in 0.2
+        DeepBID(kappa_local=20.0)
 
 
 TINY = {

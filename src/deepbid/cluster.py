@@ -1,11 +1,10 @@
 """Fuzzy k-means in the latent space (paper eq. 13-14), its temperature, and the
-hard k-means of the fine partition the batch-mixing term is measured over.
+final Gaussian mixture.
 
 The maths functions take a ``reduce`` that sums a statistic over all cells:
 the identity (the default) in one process; under ``torch.distributed`` the
 trainer passes :func:`deepbid.distributed.all_sum`, so every process reaches
-the same centres. Only :func:`mixing_partition` and the sampling helpers, which
-orchestrate a k-means run across processes, use the process group themselves.
+the same centres. Only the sampling helpers use the process group themselves.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from sklearn.cluster import kmeans_plusplus
 
 from . import distributed
 
@@ -34,10 +32,6 @@ def local(statistic: torch.Tensor) -> torch.Tensor:
 #: ARI 0.975 at 0.9 against 1.0 for hard k-means from the same centres; 0.8
 #: collapses clusters); at 0.95 fuzzy k-means converges in a few iterations.
 MEMBERSHIP_TARGET = 0.95
-#: Cells the k-means++ seeds of the fine mixing partition are drawn from.
-KMEANS_INIT_CELLS = 20_000
-#: Most Lloyd iterations per k-means run (warm starts converge in a few).
-KMEANS_ITERATIONS = 30
 #: Cells per distance computation against a set of centres.
 NEAREST_CHUNK = 65_536
 #: Most EM iterations of the final mixture (started from P it settles in a few dozen).
@@ -251,50 +245,6 @@ def nearest(h: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     )
 
 
-def label_sums(h: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """Sums ``(k, d)`` of the ``(n, d)`` codes by hard label ``(n,)``.
-
-    On CUDA a one-hot product, in chunks of cells: ``index_add_`` adds there with
-    atomics, in an order that changes from run to run, so two same-seed fits
-    drew different fine partitions. On the CPU ``index_add_`` is deterministic
-    and ten times faster.
-    """
-    sums = h.new_zeros(k, h.shape[1])
-    if not h.is_cuda:
-        return sums.index_add_(0, labels, h)
-    for part, part_labels in zip(
-        torch.split(h, NEAREST_CHUNK), torch.split(labels, NEAREST_CHUNK), strict=True
-    ):
-        sums += torch.nn.functional.one_hot(part_labels, k).to(h.dtype).T @ part
-    return sums
-
-
-def kmeans(
-    h: torch.Tensor,
-    init: torch.Tensor,
-    max_iter: int = KMEANS_ITERATIONS,
-    reduce: Reduce = local,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means from centres ``init`` ``(K, d)``.
-
-    Returns
-    -------
-    ``(centres (K, d), labels (n,))``; an empty cluster keeps its previous centre.
-    """
-    c, labels = init, nearest(h, init)
-    for _ in range(max_iter):
-        k = c.shape[0]
-        sums = reduce(label_sums(h, labels, k))
-        counts = reduce(torch.bincount(labels, minlength=k).to(h.dtype))
-        c = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], c)
-        new_labels = nearest(h, c)
-        moved = reduce((new_labels != labels).sum())
-        labels = new_labels
-        if moved.item() == 0:
-            break
-    return c, labels
-
-
 def sample_rows(n: int, n_sample: int, seed: int) -> np.ndarray:
     """Sorted random rows, at most ``n_sample`` of ``n`` (all rows when ``n <= n_sample``)."""
     if n <= n_sample:
@@ -311,40 +261,3 @@ def gathered_sample(
     )
     parts = distributed.gather_objects(tuple(a[rows] for a in arrays))
     return tuple(np.concatenate([part[i] for part in parts]) for i in range(len(arrays)))
-
-
-def n_mixing_clusters(n_cells: int) -> int:
-    """Harmony's default number of soft clusters for its diversity penalty:
-    about one per 30 cells, at most 100."""
-    return int(min(max(round(n_cells / 30), 2), 100))
-
-
-def mixing_partition(
-    h: torch.Tensor,
-    n_clusters: int,
-    seed: int,
-    previous: torch.Tensor | None = None,
-    membership: float = MEMBERSHIP_TARGET,
-) -> tuple[torch.Tensor, float]:
-    """Fine centres ``(<= n_clusters, d)`` over which the batch-mixing KL is evaluated
-    (k-means on the ``(n, d)`` codes), and the temperature of their memberships.
-
-    k-means starts from ``previous`` centres when given (the trainer passes the
-    last epoch's, so the partition moves with the latent space instead of being
-    redrawn), else from k-means++ seeds on a sample of cells. The temperature gives
-    cells a mean ``membership`` in their own fine cluster.
-    """
-    if previous is None or previous.shape[0] != n_clusters:
-        (sample,) = gathered_sample((h.cpu().numpy(),), KMEANS_INIT_CELLS, seed)
-        seeds = None
-        if distributed.rank() == 0:
-            seeds, _ = kmeans_plusplus(sample, min(n_clusters, len(sample)), random_state=seed)
-        previous = torch.as_tensor(
-            distributed.broadcast_object(seeds), dtype=h.dtype, device=h.device
-        )
-    fine, labels = kmeans(h, previous, reduce=distributed.all_sum)
-    temperature = calibrate_temperature(
-        h, labels, fine.shape[0], membership, reduce=distributed.all_sum
-    )
-    filled = distributed.all_sum(torch.bincount(labels, minlength=fine.shape[0])) > 0
-    return fine[filled], temperature

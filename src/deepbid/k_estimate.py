@@ -503,7 +503,7 @@ def find_divisions(
     ----------
     z
         ``(n, d)`` points of this process's cells in which clusters are tested: the
-        codes or the integrated embedding (``Settings.division_space``).
+        integrated embedding.
     p
         ``(n, K)`` memberships.
     batch

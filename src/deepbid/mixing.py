@@ -1,13 +1,15 @@
-"""The batch-mixing term (paper eq. 10), estimated over all cells, not one minibatch.
+"""Batch statistics in the latent space: the paper's batch-mixing term (eq. 10),
+estimated over all cells rather than one minibatch, and the final alignment's
+per-batch offsets and scales within each cluster.
 
 Weighted by cluster mass, eq. (10) is a divergence between the joint
 distribution of batch and cluster and a target batch mix per cluster:
 ``D = sum_k w_k sum_B u_Bk log(u_Bk / t_Bk)``, with ``u_Bk`` batch ``B``'s share
 of soft cluster ``k`` and ``w_k`` the cluster's share of cells. With the overall
 batch mix as target (``t_Bk = v_B``) it is the mutual information between batch
-and cluster. Counted on the 128 cells of a minibatch over ~100 fine clusters,
-its plug-in value is biased by about ``(K - 1)(B - 1) / 2n`` nats and its
-gradient is mostly sampling noise, so :class:`BatchMix` keeps the batch x cluster
+and cluster. Counted on the 128 cells of a minibatch, its plug-in value is
+biased by about ``(K - 1)(B - 1) / 2n`` nats and its gradient is mostly sampling
+noise, so :class:`BatchMix` keeps the batch x cluster
 counts of *all* cells: recounted exactly at every re-estimation, and between
 recounts a running (exponentially weighted) count whose time constant is one
 epoch. A minibatch then carries the divergence's exact per-cell gradient,
@@ -65,16 +67,12 @@ def surrogate(p: torch.Tensor, batch: torch.Tensor, log_ratio: torch.Tensor) -> 
 
 
 def _running(
-    total: torch.Tensor,
-    part: torch.Tensor,
-    n_cells: float,
-    horizon: float,
-    n_part: float | None = None,
+    total: torch.Tensor, part: torch.Tensor, n_cells: float, horizon: float
 ) -> torch.Tensor:
     """A running total over ``n_cells`` cells after folding in ``part``, the sum over
-    ``n_part`` new cells (default ``part.sum()``), with a time constant of ``horizon``
-    cells: ``(1 - n/T) * total + (N/T) * part``."""
-    n = float(part.sum()) if n_part is None else n_part
+    ``n = part.sum()`` new cells, with a time constant of ``horizon`` cells:
+    ``(1 - n/T) * total + (N/T) * part``."""
+    n = float(part.sum())
     return (1.0 - n / horizon) * total + (n_cells / horizon) * part
 
 
@@ -154,18 +152,6 @@ def batch_trust(counts: torch.Tensor) -> torch.Tensor:
     return (u / v.clamp_min(_TINY)).clamp(max=1.0)
 
 
-def batch_deviations(
-    sums: torch.Tensor, counts: torch.Tensor, n_reference: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trust ``w`` ``(n_batches, K)`` and deviations ``m_Bk - m_k`` ``(n_batches, K, d)``,
-    ``m_k`` the ``w n``-weighted mean of the first ``n_reference`` batches' centroids."""
-    weights = batch_trust(counts)
-    batch_mean = batch_centroids(sums, counts)
-    mass = (weights * counts)[:n_reference, :, None]
-    centre = (mass * batch_mean[:n_reference]).sum(dim=0) / mass.sum(dim=0).clamp_min(_TINY)
-    return weights, batch_mean - centre[None]
-
-
 def batch_offsets(
     sums: torch.Tensor, counts: torch.Tensor, n_reference: int | None = None
 ) -> torch.Tensor:
@@ -178,8 +164,11 @@ def batch_offsets(
     ``n_reference`` batches (default: all), so that batches mapped onto a trained
     model are measured against the reference's centroids alone.
     """
-    weights, deviations = batch_deviations(sums, counts, n_reference)
-    return weights[:, :, None] * deviations
+    weights = batch_trust(counts)
+    batch_mean = batch_centroids(sums, counts)
+    mass = (weights * counts)[:n_reference, :, None]
+    centre = (mass * batch_mean[:n_reference]).sum(dim=0) / mass.sum(dim=0).clamp_min(_TINY)
+    return weights[:, :, None] * (batch_mean - centre[None])
 
 
 def batch_centroids(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -279,20 +268,10 @@ class FinalAlignment(NamedTuple):
     counts: torch.Tensor
     #: ``(n_batches, K)`` median squared distances from the batch's mean (:func:`batch_spreads`).
     spreads: torch.Tensor
-    #: ``(n_batches, K, d)`` trusted offsets (:func:`batch_offsets`, or the trusted
-    #: ``shifts``).
+    #: ``(n_batches, K, d)`` trusted offsets (:func:`batch_offsets`).
     offsets: torch.Tensor
     #: ``(n_batches, K)`` spread factors (:func:`batch_scales`).
     scales: torch.Tensor
-    #: ``(n_batches, K, d)`` each batch's shift in each cluster apart from its mix
-    #: (:mod:`deepbid.composition`; the centroid deviations in a cluster fitted
-    #: without it); ``None`` when the offsets are the centroids'.
-    shifts: torch.Tensor | None = None
-    #: ``(K, m, d)`` the shared components behind ``shifts`` (NaN in a cluster fitted
-    #: without them).
-    centres: torch.Tensor | None = None
-    #: ``(K,)`` the components' variance in each cluster (NaN where none).
-    variances: torch.Tensor | None = None
 
 
 def final_alignment(
@@ -300,27 +279,15 @@ def final_alignment(
     counts: torch.Tensor,
     spreads: torch.Tensor,
     n_reference: int | None = None,
-    shifts: torch.Tensor | None = None,
-    centres: torch.Tensor | None = None,
-    variances: torch.Tensor | None = None,
 ) -> FinalAlignment:
     """The :class:`FinalAlignment` of measured ``sums``, ``counts`` and ``spreads``, its
-    offsets and scales against the first ``n_reference`` batches (default: all); the
-    offsets are the trusted ``shifts`` ``(n_batches, K, d)`` where given (with their
-    ``centres`` and ``variances``, see :class:`FinalAlignment`)."""
-    if shifts is None:
-        offsets = batch_offsets(sums, counts, n_reference)
-    else:
-        offsets = batch_trust(counts)[:, :, None] * shifts
+    offsets and scales against the first ``n_reference`` batches (default: all)."""
     return FinalAlignment(
         sums,
         counts,
         spreads,
-        offsets,
+        batch_offsets(sums, counts, n_reference),
         batch_scales(spreads, counts, n_reference),
-        shifts,
-        centres,
-        variances,
     )
 
 
@@ -329,18 +296,12 @@ def extended(
 ) -> FinalAlignment:
     """``reference``'s first ``n_reference`` batches unchanged, and ``measured``'s
     batches from ``n_reference`` on, their offsets and scales measured against the
-    reference's centroids and spreads (their shifts, where measured, against the
-    reference's components): the reference's embedding does not move."""
+    reference's centroids and spreads: the reference's embedding does not move."""
     sums, counts, spreads = (
         torch.cat([old[:n_reference], new[n_reference:]])
         for old, new in zip(reference[:3], measured[:3], strict=True)
     )
-    shifts = None
-    if reference.shifts is not None:
-        shifts = torch.cat([reference.shifts[:n_reference], measured.shifts[n_reference:]])
-    new = final_alignment(
-        sums, counts, spreads, n_reference, shifts, reference.centres, reference.variances
-    )
+    new = final_alignment(sums, counts, spreads, n_reference)
     return new._replace(
         offsets=torch.cat([reference.offsets[:n_reference], new.offsets[n_reference:]]),
         scales=torch.cat([reference.scales[:n_reference], new.scales[n_reference:]]),
@@ -357,67 +318,3 @@ def align(
     return remove_offsets(
         h, p, batch, measured.offsets, measured.scales if scaled else None, centroids
     )
-
-
-class BatchAlignment:
-    """Running full-data centroids of every batch within every cluster.
-
-    Its value is the share of the latent variance that batch explains inside the
-    clusters, ``sum_Bk w_Bk n_Bk ||m_Bk - m_k||^2 / sum_jk p_jk ||h_j - m_k||^2`` (0:
-    every batch of a cluster sits on the cluster's centroid; ``m_k`` the
-    ``w n``-weighted mean of the batch centroids ``m_Bk``, ``w`` see
-    :func:`batch_trust`). Unlike the mutual information of :class:`BatchMix`, whose
-    gradient fades once a batch's cells lie outside the reach of the other
-    batches' clusters, its gradient moves every cell by its batch's offset in
-    its cluster, however far. A cluster that
-    one batch holds alone has no offset, so a type captured by one batch only is
-    left where it is.
-
-    Parameters
-    ----------
-    sums, counts
-        From :func:`batch_cluster_sums` over all cells.
-    spread
-        Within-cluster sum of squares of all cells, ``sum_j sum_k p_jk ||h_j - m_k||^2``.
-    """
-
-    def __init__(
-        self,
-        sums: torch.Tensor,
-        counts: torch.Tensor,
-        spread: float,
-        horizon: float | None = None,
-    ) -> None:
-        self.sums, self.counts = sums, counts
-        self.spread = max(spread, _TINY)
-        self.n_cells = float(counts.sum())
-        self.horizon = self.n_cells if horizon is None else min(float(horizon), self.n_cells)
-
-    def update(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
-        """Fold in one minibatch's sums and counts (of all processes); time constant
-        one epoch (as :meth:`BatchMix.update`)."""
-        n = float(counts.sum())
-        self.sums = _running(self.sums, sums, self.n_cells, self.horizon, n)
-        self.counts = _running(self.counts, counts, self.n_cells, self.horizon, n)
-
-    def offsets(self) -> torch.Tensor:
-        """``w_Bk (m_Bk - m_k)`` ``(n_batches, K, d)``: each batch's weighted offset from
-        its cluster's (weighted) centroid: the per-cell gradient of :meth:`value`."""
-        return batch_offsets(self.sums, self.counts)
-
-    def value(self) -> float:
-        """Weighted share of the within-cluster spread that batch explains (0 to 1)."""
-        weights, deviations = batch_deviations(self.sums, self.counts)
-        between = (weights * self.counts * deviations.pow(2).sum(dim=2)).sum()
-        return float(between) / self.spread
-
-
-def alignment_surrogate(
-    h: torch.Tensor, p: torch.Tensor, batch: torch.Tensor, alignment: BatchAlignment
-) -> torch.Tensor:
-    """Minibatch term whose gradient is :meth:`BatchAlignment.value`'s with the
-    centroids and memberships held: ``mean_j sum_k p_jk 2 h_j . (m_{b_j k} - m_k) / S``
-    scaled to the data's ``N`` cells by the mean over the minibatch."""
-    offsets = alignment.offsets()[batch]  # (n, K, d)
-    pull = (p[:, :, None] * offsets).sum(dim=1)  # (n, d)
-    return 2.0 * (h * pull).sum(dim=1).mean() * alignment.n_cells / alignment.spread

@@ -7,14 +7,14 @@ import dataclasses
 import os
 import pickle
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import anndata as ad
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import cluster, composition, distributed, k_estimate, mixing
+from . import cluster, distributed, k_estimate, mixing
 from .data import DataView, batch_labels, check_anndata, prepare, prepare_like
 from .errors import InputError, InputWarning
 from .files import write_atomically
@@ -23,15 +23,9 @@ from .module import Autoencoder
 from .settings import Settings, scaled_epochs
 from .train import Trainer, denoise, embed
 
-#: Version of the file :meth:`DeepBID.save` writes (3: the K estimation report, the
-#: given K and the encoder shifts of mapped batches; 4: the final alignment's batch
-#: statistics; 5: its spreads and scales; 6: the final mixture; 7: the mixture on
-#: the codes that places the offsets; 8: the divisions of clusters with two modes; 9:
-#: each divided cluster's parts refitted together; 10: the alignment measured again in
-#: the divided clusters, and the mixture refitted there; 11: the space divisions are
-#: found and routed in, ``division_space``; 12: the batches' shifts apart from their
-#: mix, ``alignment_components``).
-FORMAT = 12
+#: Version of the file :meth:`DeepBID.save` writes: one format for deepbid 0.2
+#: (0.1's files, formats 1-12, are refused with a message to fit again).
+FORMAT = 13
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -136,9 +130,6 @@ class DeepBID:
         self.mixture: cluster.Mixture | None = None
         self.divisions: list[k_estimate.Division] = []
         self.alignment: mixing.FinalAlignment | None = None
-        self.part_alignment: mixing.FinalAlignment | None = None
-        self.part_mixture: cluster.Mixture | None = None
-        self.code_mixture: cluster.Mixture | None = None
         self.train_view: DataView | None = None
         # results for all training cells, kept where the view holds only a shard
         self._train_p: np.ndarray | None = None
@@ -188,89 +179,115 @@ class DeepBID:
                 f"n_clusters={self.n_clusters} is more than the {view.n_total} usable cells"
             )
         self.settings = self.options.for_cells(view.n_total)
-        torch.manual_seed(self.seed)
-        self.module = Autoencoder(
-            view.n_genes,
-            view.n_batches,
-            self.settings.hidden_dim,
-            self.settings.latent_dim,
-            self.settings.conditional_decoder,
-        ).to(self.device)
-        distributed.broadcast_module(self.module)
-        trainer = Trainer(self.module, self.settings, self.device, self.seed)
-        s = self.settings
-        total = 2 * s.layer_epochs + s.pretrain_epochs + s.epochs + s.decoder_epochs
-        quiet = not self.progress or distributed.rank() != 0
-        with tqdm(total=total, desc="deepbid", unit="epoch", disable=quiet) as bar:
+        trainer = self._new_trainer(view)
+        with self._progress_bar() as bar:
             trainer.pretrain(view, bar)
-            h = embed(self.module, view, self.device)
-            labels, first = k_estimate.initial_partition(
-                h.cpu().numpy(), view.batch_codes, self.n_clusters, self.seed, s.leiden_start
-            )
-            self.k_estimate = {"pretrained": first}
-
-            def repartition(codes: torch.Tensor) -> np.ndarray:
-                labels, self.k_estimate["trained"] = k_estimate.initial_partition(
-                    codes.cpu().numpy(), view.batch_codes, None, self.seed
-                )
-                return labels
-
+            labels = self._initial_partition(view)
             centres, p = trainer.cluster(
-                view, h, labels, bar, repartition if self.n_clusters is None else None
+                view, self._encode(view), labels, bar, self._repartition(view)
             )
             trainer.fit_decoder(view, bar)
         self.centres, self.temperature = centres.cpu(), trainer.temperature
         self.log_weights = None if trainer.log_weights is None else trainer.log_weights.cpu()
-        codes = embed(self.module, view, self.device).cpu()
-        self.code_mixture = None
-        if s.final_alignment and s.alignment_mixture:
-            self.code_mixture = cluster.fit_mixture(codes, p.cpu(), reduce=distributed.all_sum)
-        self.alignment = self._measure_alignment(
-            view, codes, self._offset_weights(codes), view.n_batches
-        )
-        self.mixture, self.divisions = None, []
-        self.part_alignment = self.part_mixture = None
-        if s.final_mixture:
-            z = self._embedding(codes, view.batch_codes)
-            self.mixture = cluster.fit_mixture(
-                torch.from_numpy(z), p.cpu(), reduce=distributed.all_sum
-            )
-            p = cluster.mixture_posteriors(torch.from_numpy(z), self.mixture)
-            if self.n_clusters is None and s.divide_multimodal:
-                # after the mixture, not before: EM from a few cells cut off a cluster
-                # lets the new component take half of a large neighbouring type
-                tested = self._division_space(z, codes)
-                self.divisions, self.k_estimate["divided"] = k_estimate.find_divisions(
-                    tested, p.numpy(), view.batch_codes, self.seed
-                )
-                p = k_estimate.divide(tested, p.numpy(), self.divisions)
-                p = torch.from_numpy(p).float()
-                if self.divisions and s.final_alignment and s.divided_alignment:
-                    # a divided cluster holds types whose batches hold them in other
-                    # proportions, and its offset was partly that difference of
-                    # composition: measured again in the parts, then the mixture refitted
-                    self.part_alignment = self._measure_alignment(view, codes, p, view.n_batches)
-                    z = self._part_embedding(codes, p, view.batch_codes)
-                    self.part_mixture = cluster.fit_mixture(
-                        torch.from_numpy(z), p, reduce=distributed.all_sum
-                    )
-                    p = cluster.mixture_posteriors(torch.from_numpy(z), self.part_mixture)
-            p = p.float()
         self.history = trainer.history
+        codes = self._encode(view).cpu()
+        self.alignment = self._measure_alignment(
+            view, codes, self._memberships(codes), view.n_batches
+        )
+        p = self._final_clusters(view, codes, p.cpu())
+        self._keep_training_cells(view, codes, p, batch_key, layer)
+        return self
+
+    def _new_trainer(self, view: DataView) -> Trainer:
+        """A fresh network for ``view``'s genes and batches (seeded, the same on every
+        process) and its :class:`~deepbid.train.Trainer`."""
+        torch.manual_seed(self.seed)
+        s = self.settings
+        self.module = Autoencoder(
+            view.n_genes, view.n_batches, s.hidden_dim, s.latent_dim, s.conditional_decoder
+        ).to(self.device)
+        distributed.broadcast_module(self.module)
+        return Trainer(self.module, s, self.device, self.seed)
+
+    def _progress_bar(self) -> tqdm:
+        """One bar over every epoch of every phase, shown by the first process only."""
+        s = self.settings
+        total = 2 * s.layer_epochs + s.pretrain_epochs + s.epochs + s.decoder_epochs
+        quiet = not self.progress or distributed.rank() != 0
+        return tqdm(total=total, desc="deepbid", unit="epoch", disable=quiet)
+
+    def _encode(self, view: DataView) -> torch.Tensor:
+        return embed(self.module, view, self.device)
+
+    def _initial_partition(self, view: DataView) -> np.ndarray:
+        """Hard labels ``(n,)`` of the pretrained codes that fuzzy k-means starts from:
+        the K rule's partition, or one with the given K; the rule's report is kept."""
+        labels, report = k_estimate.initial_partition(
+            self._encode(view).cpu().numpy(),
+            view.batch_codes,
+            self.n_clusters,
+            self.seed,
+            self.settings.leiden_start,
+        )
+        self.k_estimate = {"pretrained": report}
+        return labels
+
+    def _repartition(self, view: DataView) -> Callable[[torch.Tensor], np.ndarray] | None:
+        """With K estimated, the K rule on the trained codes (``reestimate_at``)."""
+        if self.n_clusters is not None:
+            return None
+
+        def repartition(codes: torch.Tensor) -> np.ndarray:
+            labels, self.k_estimate["trained"] = k_estimate.initial_partition(
+                codes.cpu().numpy(), view.batch_codes, None, self.seed
+            )
+            return labels
+
+        return repartition
+
+    def _final_clusters(self, view: DataView, codes: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """Memberships ``(n, K')`` of the training cells from their ``(n, d)`` CPU codes
+        and eq. (14)'s ``p`` ``(n, K)``: the final mixture's posteriors on the
+        integrated embedding, its clusters with two modes divided (K estimated);
+        ``p`` itself without the final mixture."""
+        self.mixture, self.divisions = None, []
+        if not self.settings.final_mixture:
+            return p
+        z = torch.from_numpy(self._embedding(codes, view.batch_codes))
+        self.mixture = cluster.fit_mixture(z, p, reduce=distributed.all_sum)
+        p = cluster.mixture_posteriors(z, self.mixture)
+        if self.n_clusters is None and self.settings.divide_multimodal:
+            # after the mixture, not before: EM from a few cells cut off a cluster
+            # lets the new component take half of a large neighbouring type
+            self.divisions, self.k_estimate["divided"] = k_estimate.find_divisions(
+                z.numpy(), p.numpy(), view.batch_codes, self.seed
+            )
+            p = torch.from_numpy(k_estimate.divide(z.numpy(), p.numpy(), self.divisions))
+        return p.float()
+
+    def _keep_training_cells(
+        self,
+        view: DataView,
+        codes: torch.Tensor,
+        p: torch.Tensor,
+        batch_key: str,
+        layer: str | None,
+    ) -> None:
+        """Keep what :meth:`latent`, :meth:`denoised` and the rest need of the training
+        cells: the view, and where it holds one shard, every cell's codes and P."""
         self.genes, self.batch_categories = view.genes, view.batch_categories
         self.is_counts = view.is_counts
         self.median_library = view.median_library
         self.batch_key, self.layer = batch_key, layer
         self.train_view = view
         n, rows = view.n_total, view.positions
-        self._train_p = distributed.gather_rows(p.cpu().numpy(), rows, n)
+        self._train_p = distributed.gather_rows(p.numpy(), rows, n)
         self._train_latent = self._train_codes = None
         if distributed.active():
             # each process holds only its shard of the cells: keep all cells' results,
             # so that rank 0 writes them without the other shards' expression
-            self._train_latent = distributed.gather_rows(codes.cpu().numpy(), rows, n)
+            self._train_latent = distributed.gather_rows(codes.numpy(), rows, n)
             self._train_codes = distributed.gather_rows(view.batch_codes, rows, n)
-        return self
 
     def map(
         self,
@@ -362,17 +379,12 @@ class DeepBID:
         codes: torch.Tensor,
         p: torch.Tensor,
         n_batches: int,
-        reference: mixing.FinalAlignment | None = None,
-        n_reference: int = 0,
     ) -> mixing.FinalAlignment:
         """The final alignment of the ``(n, d)`` CPU codes of ``view``'s cells (of all
         processes) in the clusters of their memberships ``p`` ``(n, K)``: sums and
         counts per batch and cluster, each cell counted in its hard cluster with the
-        weight of its membership there, the median squared distance of each
-        batch's cells in each hard cluster from their own mean, and with
-        ``alignment_components`` each batch's shift apart from its mix
-        (:meth:`_shifts`; those of the batches from ``n_reference`` on against
-        ``reference``'s components, where given)."""
+        weight of its membership there, and the median squared distance of each
+        batch's cells in each hard cluster from their own mean."""
         batch = torch.as_tensor(view.batch_codes, dtype=torch.long)
         labels = p.argmax(dim=1)
         hard = torch.nn.functional.one_hot(labels, p.shape[1]).to(p.dtype)
@@ -396,129 +408,17 @@ class DeepBID:
             for t in (distances, batch, labels)
         ]
         spreads = mixing.batch_spreads(*whole, n_batches, p.shape[1])
-        if not self.settings.alignment_components or (
-            reference is not None and reference.shifts is None
-        ):
-            return mixing.final_alignment(sums, counts, spreads)
-        mixtures = self._shifts(codes, own, batch, sums, counts, reference, n_reference)
-        return mixing.final_alignment(sums, counts, spreads, None, *mixtures)
-
-    def _shifts(
-        self,
-        codes: torch.Tensor,
-        mass: torch.Tensor,
-        batch: torch.Tensor,
-        sums: torch.Tensor,
-        counts: torch.Tensor,
-        reference: mixing.FinalAlignment | None,
-        n_reference: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Each batch's shift in each cluster apart from its mix, ``(n_batches, K, d)``,
-        with the ``(K, m, d)`` components and ``(K,)`` variances behind them
-        (:mod:`deepbid.composition`): the centroid deviations, NaN and NaN in a
-        cluster too small to fit (or, against ``reference``, fitted without them).
-
-        ``mass`` ``(n, K)`` is each cell's weight in its hard cluster (0 elsewhere);
-        the sums and counts are :func:`~deepbid.mixing.batch_cluster_sums`' of it."""
-        n_batches, k, d = sums.shape
-        labels = mass.argmax(dim=1)
-        if reference is not None:
-            # the new batches start from their centroids' deviations from the reference's
-            sums = torch.cat([reference.sums[:n_reference], sums[n_reference:]])
-            counts = torch.cat([reference.counts[:n_reference], counts[n_reference:]])
-        weights, deviations = mixing.batch_deviations(sums, counts, n_reference or None)
-        if reference is None:
-            # two starts: the codes as they are, and with their centroid offsets removed
-            begins = [torch.zeros_like(deviations), deviations]
-            seeds = self._starting_centres(codes, batch, labels, begins)
-        else:
-            deviations[:n_reference] = reference.shifts[:n_reference]
-        shifts = deviations.clone()
-        centres = torch.full((k, self.settings.alignment_components, d), float("nan"))
-        variances = torch.full((k,), float("nan"))
-        anchor = weights * counts
-        for c in range(k):
-            known = None
-            if reference is None:
-                starts = [(seeds[i][c], begin) for i, begin in enumerate(begins)]
-                starts = [(torch.from_numpy(s), begin) for s, begin in starts if s is not None]
-            elif reference.variances[c].isfinite():
-                known = composition.ShiftedMixture(
-                    reference.centres[c],
-                    None,
-                    reference.shifts[:, c],
-                    float(reference.variances[c]),
-                )
-                starts = [(None, deviations)]
-            else:
-                starts = []
-            rows = labels == c
-            fits = [
-                composition.fit_shifted_mixture(
-                    codes[rows],
-                    mass[rows, c],
-                    batch[rows],
-                    n_batches,
-                    start,
-                    begin[:, c],
-                    anchor[:, c],
-                    known,
-                    n_reference,
-                    reduce=distributed.all_sum,
-                )
-                for start, begin in starts
-            ]
-            if not fits:
-                continue
-            # a mix and a shift can explain the same cells: the likelier optimum is kept
-            best = max(fits, key=lambda fit: fit.log_likelihood)
-            shifts[:, c] = best.shifts.to(shifts.dtype)
-            centres[c] = best.centres.to(centres.dtype)
-            variances[c] = best.variance
-        return shifts, centres, variances
-
-    def _starting_centres(
-        self,
-        codes: torch.Tensor,
-        batch: torch.Tensor,
-        labels: torch.Tensor,
-        begins: list[torch.Tensor],
-    ) -> list[list[np.ndarray | None]]:
-        """For each of the ``(n_batches, K, d)`` starting shifts ``begins``, the
-        k-means++ components of every cluster's cells so shifted, from one sample of
-        the cells of all processes (:func:`~deepbid.composition.starting_centres`)."""
-        k = begins[0].shape[1]
-        placed = [(codes - begin[batch, labels]).numpy() for begin in begins]
-        sample = cluster.gathered_sample(
-            (*placed, labels.numpy()), cluster.KMEANS_INIT_CELLS, self.seed
-        )
-        seeds = None
-        if distributed.rank() == 0:
-            seeds = [
-                composition.starting_centres(
-                    points, sample[-1], k, self.settings.alignment_components, self.seed
-                )
-                for points in sample[:-1]
-            ]
-        return distributed.broadcast_object(seeds)
+        return mixing.final_alignment(sums, counts, spreads)
 
     def _add_batch_alignment(self, view: DataView, n_old: int) -> None:
-        """The final alignment (and the one in divided clusters) of the batches
-        ``n_old...`` from ``view``'s cells, measured against the reference's; the
-        reference's own stay as they were, so its embedding does not change."""
+        """The final alignment of the batches ``n_old...`` from ``view``'s cells,
+        measured against the reference's; the reference's own stay as they were, so
+        its embedding does not change."""
         codes = torch.from_numpy(self._codes(view))
-        n_batches = len(self.batch_categories)
         measured = self._measure_alignment(
-            view, codes, self._offset_weights(codes), n_batches, self.alignment, n_old
+            view, codes, self._memberships(codes), len(self.batch_categories)
         )
         self.alignment = mixing.extended(self.alignment, measured, n_old)
-        if self.part_alignment is not None:
-            z = self._embedding(codes, self._own_batches(view))
-            p = torch.from_numpy(self._divided(z, codes)).float()
-            measured = self._measure_alignment(
-                view, codes, p, n_batches, self.part_alignment, n_old
-            )
-            self.part_alignment = mixing.extended(self.part_alignment, measured, n_old)
 
     # -- results ---------------------------------------------------------------------
 
@@ -569,14 +469,6 @@ class DeepBID:
         """Eq. (14) of ``(n, d)`` CPU codes against the final centres: ``(n, K)``."""
         return cluster.memberships(codes, self.centres, self.temperature, self.log_weights)
 
-    def _offset_weights(self, codes: torch.Tensor) -> torch.Tensor:
-        """The memberships ``(n, K)`` that place the batch offsets of ``(n, d)`` CPU
-        codes: the posteriors of the mixture fitted on the codes (``alignment_mixture``),
-        else eq. (14)."""
-        if self.code_mixture is None:
-            return self._memberships(codes)
-        return cluster.mixture_posteriors(codes, self.code_mixture).to(codes.dtype)
-
     def _embedding(self, codes: torch.Tensor, batch: np.ndarray) -> np.ndarray:
         """The integrated embedding ``(n, d)`` of ``(n, d)`` CPU codes of cells of the
         batches ``batch`` ``(n,)``: the codes after the final alignment, if any."""
@@ -587,52 +479,14 @@ class DeepBID:
         # as training cells and when passed in again
         return mixing.align(
             codes,
-            self._offset_weights(codes),
+            self._memberships(codes),
             torch.as_tensor(batch, dtype=torch.long),
             self.alignment,
             self.settings.final_scaling,
         ).numpy()
 
-    def _part_embedding(
-        self, codes: torch.Tensor, p: torch.Tensor, batch: np.ndarray
-    ) -> np.ndarray:
-        """The ``(n, d)`` CPU codes aligned in the divided clusters of their memberships
-        ``p`` ``(n, K')`` instead of eq. (14)'s."""
-        return mixing.align(
-            codes,
-            p,
-            torch.as_tensor(batch, dtype=torch.long),
-            self.part_alignment,
-            self.settings.final_scaling,
-        ).numpy()
-
-    def _division_space(self, z: np.ndarray, codes: torch.Tensor) -> np.ndarray:
-        """The ``(n, d)`` points in which clusters are tested for two modes and divided
-        (``division_space``): the codes, or the embedding ``z`` of the first alignment."""
-        return codes.numpy() if self.settings.division_space == "codes" else z
-
-    def _divided(self, z: np.ndarray, codes: torch.Tensor) -> np.ndarray:
-        """Memberships ``(n, K')`` of the final mixture on the ``(n, d)`` embedding ``z``
-        of the first alignment, its two-mode clusters divided in the division space."""
-        p = cluster.mixture_posteriors(torch.from_numpy(z), self.mixture).numpy()
-        return k_estimate.divide(self._division_space(z, codes), p, self.divisions)
-
-    @property
-    def _realigned(self) -> bool:
-        """Whether the embedding is aligned again in the divided clusters."""
-        s = self.settings
-        return self.part_alignment is not None and s.final_alignment and s.divided_alignment
-
     def _latent(self, view: DataView) -> np.ndarray:
-        return self._aligned(torch.from_numpy(self._codes(view)), self._own_batches(view))
-
-    def _aligned(self, codes: torch.Tensor, batch: np.ndarray) -> np.ndarray:
-        """The integrated embedding ``(n, d)`` of ``(n, d)`` CPU codes of cells of the
-        batches ``batch``: the first alignment, and again in the divided clusters."""
-        z = self._embedding(codes, batch)
-        if not self._realigned:
-            return z
-        return self._part_embedding(codes, torch.from_numpy(self._divided(z, codes)).float(), batch)
+        return self._embedding(torch.from_numpy(self._codes(view)), self._own_batches(view))
 
     def _p(self, view: DataView) -> np.ndarray:
         if view is self.train_view and self._train_p is not None:
@@ -641,12 +495,9 @@ class DeepBID:
         codes = torch.from_numpy(self._codes(view))
         if self.mixture is None:
             return self._memberships(codes).numpy()
-        z = self._aligned(codes, self._own_batches(view))
-        if self._realigned:
-            p = cluster.mixture_posteriors(torch.from_numpy(z), self.part_mixture).numpy()
-        else:
-            p = self._divided(z, codes)
-        return p.astype(np.float32)
+        z = self._embedding(codes, self._own_batches(view))
+        p = cluster.mixture_posteriors(torch.from_numpy(z), self.mixture).numpy()
+        return k_estimate.divide(z, p, self.divisions).astype(np.float32)
 
     def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
         """Integrated embedding ``(n_obs, latent_dim)`` of the training cells, or of
@@ -698,8 +549,8 @@ class DeepBID:
             the model's batches: the mean over decoding in each — expression with the
             batch effect removed, in no batch's particular scale. With the final
             alignment, decoding in batch ``b`` starts from the codes with their batch's
-            offsets in eq. (14)'s clusters removed (:meth:`latent` without the scaling
-            and without the alignment in divided clusters), moved by ``b``'s offsets
+            offsets in eq. (14)'s clusters removed (:meth:`latent` without the
+            scaling), moved by ``b``'s offsets
             in the cell's clusters, so the batch effect the codes carry is ``b``'s
             too.
         library_size
@@ -729,7 +580,7 @@ class DeepBID:
             # in its own batch gets back its own code (no final scaling: decoding wants
             # each batch's codes at their own spread)
             h = torch.from_numpy(codes)
-            p = self._offset_weights(h)
+            p = self._memberships(h)
             offsets = self.alignment.offsets
             aligned = mixing.remove_offsets(h, p, torch.as_tensor(own), offsets)
             means = denoise(
@@ -757,7 +608,6 @@ class DeepBID:
             "temperature": self.temperature,
             "log_weights": self.log_weights,
             "mixture": None if self.mixture is None else self.mixture._asdict(),
-            "code_mixture": None if self.code_mixture is None else self.code_mixture._asdict(),
             "divisions": [
                 {
                     k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
@@ -766,10 +616,6 @@ class DeepBID:
                 for d in self.divisions
             ],
             "alignment": self.alignment._asdict(),
-            "part_alignment": None
-            if self.part_alignment is None
-            else self.part_alignment._asdict(),
-            "part_mixture": None if self.part_mixture is None else self.part_mixture._asdict(),
             "genes": list(self.genes),
             "batch_categories": list(self.batch_categories),
             "is_counts": self.is_counts,
@@ -837,14 +683,8 @@ class DeepBID:
         model.module.load_state_dict(state["state_dict"])
         model.centres, model.temperature = state["centres"], state["temperature"]
         model.log_weights = state["log_weights"]
-        model.mixture, model.code_mixture, model.part_mixture = (
-            None if state[key] is None else cluster.Mixture(**state[key])
-            for key in ("mixture", "code_mixture", "part_mixture")
-        )
-        model.alignment, model.part_alignment = (
-            None if state[key] is None else mixing.FinalAlignment(**state[key])
-            for key in ("alignment", "part_alignment")
-        )
+        model.mixture = None if state["mixture"] is None else cluster.Mixture(**state["mixture"])
+        model.alignment = mixing.FinalAlignment(**state["alignment"])
         model.divisions = [
             k_estimate.Division(
                 **{k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in d.items()}

@@ -43,19 +43,11 @@ RANGES = {
     **dict.fromkeys(DEFAULT_EPOCHS, (0, math.inf, True, False)),
     "epoch_cells": (2, math.inf, True, False),
     **dict.fromkeys(
-        ("lambda1", "lambda2", "kappa1", "kappa2", "kappa_local", "kappa_align"),
+        ("lambda1", "lambda2", "kappa1", "kappa2"),
         (0.0, math.inf, True, False),
     ),
-    "local_membership": (0.0, 1.0, False, False),
-    "alignment_components": (0, math.inf, True, False),
     "reestimate_at": (0.0, 1.0, False, True),
-    "n_mixing_clusters": (2, math.inf, True, False),
     "input_dropout": (0.0, 1.0, True, False),
-}
-#: The values each string setting takes.
-CHOICES = {
-    "local_target": ("global", "cluster"),
-    "division_space": ("embedding", "codes"),
 }
 
 
@@ -98,7 +90,7 @@ class Settings:
         Most cells one epoch draws (a fresh random subset each epoch when the data
         are larger; ``None``: every cell). With the epoch floor it caps the steps of
         training at any size, so only the full-data passes between epochs (codes,
-        C and P, mixing counts) grow with the number of cells.
+        C and P) grow with the number of cells.
     lambda1, lambda2
         Weights of the k-means loss ``L_A`` and of the weight penalty ``L_O``;
         ``None``: the paper's (5, 0.01) below :data:`LARGE_DATA_CELLS` cells, else (1, 1e-4).
@@ -106,29 +98,10 @@ class Settings:
         Weight of the within-batch self-training KL (eq. 7-9).
     kappa2
         Weight of the paper's batch-mixing KL (eq. 10) over the K clusters: every
-        cluster toward the overall batch mix. Off by default: ``kappa_local``'s term
-        mixes the same way at a finer scale, and adding this one lowered the mean
-        ablation score (README, "Ablation").
-    kappa_local
-        Weight of the batch-mixing KL over a fine partition of the latent space:
-        every small neighbourhood toward the batch mix of ``local_target``.
-    local_target
-        ``"cluster"``: the batch mix of the cluster holding the neighbourhood
-        (batches mix inside a cell type; a type that only some batches hold is not
-        pushed into the others); ``"global"`` (default): the overall batch mix
-        (Harmony's diversity penalty; deepbid 0.1's term), which kept the
-        batch-specific types of every benchmark scenario apart.
-    local_membership
-        Mean membership of cells in their own fine cluster, which sets the temperature
-        of the fine memberships: lower spreads each cell over the neighbouring
-        clusters, so that the mixing gradient reaches clusters held by other batches.
-    kappa_align
-        Weight of the share of latent variance that batch explains inside the K
-        clusters (:class:`~deepbid.mixing.BatchAlignment`): moves each batch's cells
-        of a cluster onto the cluster's centroid during training. Off by default:
-        trained with it (previous default, 3 seeds), the strong-batch scenario lost a
-        type on every seed and the dominant-type scenario on one (README, "Ablation");
-        the final alignment removes the batch offsets on the trained embedding instead.
+        cluster toward the overall batch mix. Off by default: with it at the paper's
+        100 the mean ablation score fell by 0.045 against leaving it out, and a
+        batch-specific type is pushed into the other batches (README, "Ablation");
+        the conditional decoder and the final alignment mix the batches instead.
     leiden_start
         With ``n_clusters`` given, start fuzzy k-means from Leiden at a resolution that
         gives that many clusters (:func:`~deepbid.k_estimate.partition_with_k`; not in
@@ -144,9 +117,6 @@ class Settings:
         move (README, defaults table).
     weighted_memberships
         Weight eq. (14) by the clusters' proportions, as a mixture model does.
-    n_mixing_clusters
-        Size of the fine partition; ``None``: one cluster per 30 cells, at most 100
-        (Harmony's default).
     input_dropout
         Share of input entries zeroed (the rest scaled up to keep the mean) in each
         minibatch of the decoder phase.
@@ -157,26 +127,6 @@ class Settings:
         memberships (:func:`~deepbid.mixing.batch_offsets`). Eq. (14)'s memberships
         and the denoised values are computed before it; the clusters change only
         through ``final_mixture``, fitted on the aligned embedding.
-    alignment_mixture
-        With ``final_alignment``, measure and remove each batch's offsets in the
-        clusters of an isotropic Gaussian mixture fitted on the codes (EM from eq.
-        (14)'s memberships, :func:`~deepbid.cluster.fit_mixture`; not in the paper)
-        instead of eq. (14)'s. Off by default: the codes still hold the batch effect,
-        so with many batches the mixture can divide a large type by batch, and the
-        offsets measured in its clusters carry that division into the embedding
-        (20,000 cells, 8 batches: ARI 0.946 with it, 0.997 without).
-    alignment_components
-        With ``final_alignment`` and more than 0, measure each batch's offset in each
-        cluster apart from its mix of what the cluster holds: the cluster's cells are
-        fitted by this many Gaussian components that the batches share with weights
-        of their own, shifted by one vector per batch, and the shift is the offset
-        (:mod:`~deepbid.composition`; not in the paper). 0 takes the difference between
-        the batch's centroid and the cluster's, which holds the difference of mix too:
-        two close types or a family of types that the batches hold in unequal shares
-        blur into each other. Over the ten benchmark sets (3 seeds) 4 keeps the
-        families and RNA-mixture scenarios' types apart better than 0 (ARI 0.990
-        against 0.973, 0.928 against 0.864) and scores higher on the mean (README,
-        defaults table); 4 from a scan of 2 to 16 on those two scenarios.
     final_scaling
         With ``final_alignment``, also scale each batch's cells in each cluster
         about their centroid so that their median squared distance from it is the
@@ -192,26 +142,10 @@ class Settings:
         README, defaults table).
     divide_multimodal
         With ``final_mixture`` and the number of clusters estimated, divide every
-        cluster of the mixture whose cells show two modes in ``division_space``
+        cluster of the mixture whose cells show two modes in the integrated embedding
         (:func:`~deepbid.k_estimate.find_divisions`; not in the paper): the K rule's
         silhouette keeps groups of nested types together (RNA mixtures of three cell
         lines, families of close types).
-    division_space
-        Where a cluster's cells are tested for two modes and its parts found:
-        ``"embedding"``, the integrated embedding after the final alignment, or
-        ``"codes"``, the encoder's codes before it. Two types that share a cluster and
-        that the batches hold in unequal shares lie farther apart in the codes (the
-        alignment, measured in the shared cluster, removes that difference of
-        composition as if it were batch effect), but the codes also hold the batch
-        effect: over 3 seeds of the ten benchmark sets, ``"codes"`` found the RNA
-        mixtures' seventh group on one seed and divided a cell line of CellBench's 3
-        cell lines on another (README, defaults table).
-    divided_alignment
-        With ``final_alignment`` and a cluster divided (``divide_multimodal``), measure
-        the final alignment again in the divided clusters and refit the mixture on its
-        result (not in the paper). A divided cluster holds types that the batches hold
-        in other proportions, so its offset is partly that difference of composition,
-        not batch effect (families scenario, 3 seeds: README, defaults table).
     """
 
     hidden_dim: int = 500
@@ -229,41 +163,26 @@ class Settings:
     lambda2: float | None = None
     kappa1: float = 0.01
     kappa2: float = 0.0
-    kappa_local: float = 20.0
-    local_target: str = "global"
-    local_membership: float = 0.95
-    kappa_align: float = 0.0
     leiden_start: bool = True
     reestimate_at: float = 1.0
     weighted_memberships: bool = True
-    n_mixing_clusters: int | None = None
     input_dropout: float = 0.7
     final_alignment: bool = True
-    alignment_mixture: bool = False
-    alignment_components: int = 4
     final_scaling: bool = True
     final_mixture: bool = True
     divide_multimodal: bool = True
-    division_space: str = "embedding"
-    divided_alignment: bool = True
 
     @classmethod
     def given(cls, **values) -> Settings:
-        """Settings from user keywords, with a clear error for an unknown name, a value of
-        the wrong type or out of range, or a string setting outside its ``CHOICES``."""
+        """Settings from user keywords, with a clear error for an unknown name or a value
+        of the wrong type or out of range."""
         fields = {field.name: field for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise InputError(f"unknown setting(s) {unknown}; known: {sorted(fields)}")
         for name, value in values.items():
             _check_setting(name, value, str(fields[name].type))
-        settings = cls(**values)
-        for name, choices in CHOICES.items():
-            if getattr(settings, name) not in choices:
-                raise InputError(
-                    f"{name} must be one of {list(choices)}, got {getattr(settings, name)!r}"
-                )
-        return settings
+        return cls(**values)
 
     def for_cells(self, n_cells: int) -> Settings:
         """These settings with every size-dependent default resolved for ``n_cells``."""
@@ -290,12 +209,11 @@ def _check_setting(name: str, value: object, annotation: str) -> None:
     if value is None and annotation.endswith("| None"):
         return
     kind = annotation.removesuffix(" | None")
-    wanted = {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a string"}
+    wanted = {"int": "an integer", "float": "a number", "bool": "True or False"}
     fits = {
         "int": isinstance(value, numbers.Integral) and not isinstance(value, bool),
         "float": isinstance(value, numbers.Real) and not isinstance(value, bool),
         "bool": isinstance(value, (bool, np.bool_)),
-        "str": isinstance(value, str),
     }[kind]
     if not fits:
         none = " or None" if annotation.endswith("| None") else ""

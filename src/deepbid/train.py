@@ -169,8 +169,8 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Optimise eq. (11) from the hard starting ``labels`` of the ``(n, d)``
         pretrained codes ``h``; re-estimate the temperature, ``C`` and ``P``
-        (eq. 13-14, to stability), the fine partition and the full-data batch
-        statistics of the mixing terms after every epoch.
+        (eq. 13-14, to stability) and the full-data batch statistics of the mixing
+        term after every epoch.
 
         ``repartition`` (codes -> hard labels), when given, draws the partition
         afresh once, after ``Settings.reestimate_at`` of the epochs (by default the
@@ -237,7 +237,6 @@ class Trainer:
         self.batch_codes = torch.as_tensor(view.batch_codes, dtype=torch.long, device=self.device)
         n_total = int(distributed.all_sum(torch.tensor(view.n_cells)).item())
         s = self.settings
-        self.n_mix = min(s.n_mixing_clusters or cluster.n_mixing_clusters(n_total), n_total)
         # the running statistics follow the codes over the cells one epoch draws
         # (None: all of them)
         drawn = s.epoch_cells is not None and s.epoch_cells < n_total
@@ -246,8 +245,8 @@ class Trainer:
 
     def reestimate(self, h: torch.Tensor) -> int:
         """Re-estimate, from the codes ``h`` of all cells: the temperature, C and P
-        (eq. 13-14), the fine partition, and the exact batch x cluster counts of
-        both mixing terms. Returns the fuzzy k-means iterations run."""
+        (eq. 13-14) and the exact batch x cluster counts of the mixing term (eq. 10).
+        Returns the fuzzy k-means iterations run."""
         s, state = self.settings, self.state
         # the latent scale drifts during training: recalibrate eq. 14's
         # temperature on the current partition each time, or centres collapse
@@ -263,49 +262,12 @@ class Trainer:
         )
         overall = type_counts.sum(dim=1, keepdim=True) / type_counts.sum()
         state["across"] = mixing.BatchMix(type_counts, overall.expand_as(type_counts), self.horizon)
-        if s.kappa_align > 0:
-            sums, counts = mixing.batch_cluster_sums(
-                h, state["p"], self.batch_codes, self.n_batches
-            )
-            sums, counts = distributed.all_sum(sums), distributed.all_sum(counts)
-            centroids = sums.sum(dim=0) / counts.sum(dim=0).clamp_min(1e-12)[:, None]
-            spread = (
-                distributed.all_sum(h.pow(2).sum())
-                - (counts.sum(dim=0) * centroids.pow(2).sum(dim=1)).sum()
-            )
-            state["align"] = mixing.BatchAlignment(sums, counts, float(spread), self.horizon)
-        if s.kappa_local > 0:
-            state["mix"], state["tau_mix"] = cluster.mixing_partition(
-                h, self.n_mix, self.seed, state.get("mix"), s.local_membership
-            )
-            p_fine = torch.cat(
-                [
-                    cluster.memberships(part, state["mix"], state["tau_mix"])
-                    for part in torch.split(h, cluster.NEAREST_CHUNK)
-                ]
-            )
-            fine_counts = distributed.all_sum(
-                mixing.batch_cluster_counts(p_fine, self.batch_codes, self.n_batches)
-            )
-            if s.local_target == "cluster":
-                # each neighbourhood's target is the batch mix of the cluster holding
-                # it: batches mix inside a cell type, and a type that only some
-                # batches hold is not pushed into the others
-                parent = distributed.all_sum(p_fine.T @ state["p"]).argmax(dim=1)
-                target = mixing.cluster_batch_mix(type_counts)[:, parent]
-            else:
-                target = overall.expand_as(fine_counts)
-            state["local"] = mixing.BatchMix(fine_counts, target, self.horizon)
         return iterations
 
     def mixing_report(self) -> dict[str, float]:
-        """Full-data divergences of both mixing terms at the last re-estimation (nats)."""
-        report = {"mixing_across_nats": self.state["across"].value()}
-        if "local" in self.state:
-            report["mixing_local_nats"] = self.state["local"].value()
-        if "align" in self.state:
-            report["batch_share_in_clusters"] = self.state["align"].value()
-        return report
+        """Full-data divergence of eq. (10) at the last re-estimation (nats), whether
+        or not ``kappa2`` trains on it."""
+        return {"mixing_across_nats": self.state["across"].value()}
 
     def cluster_terms(
         self,
@@ -317,7 +279,7 @@ class Trainer:
     ) -> dict[str, torch.Tensor]:
         """The weighted terms of eq. (11) on one minibatch (``idx``: its cells' rows).
 
-        Both mixing terms carry the exact gradient of their full-data divergence
+        The mixing term carries the exact gradient of its full-data divergence
         (:mod:`deepbid.mixing`); the running counts take in this minibatch first.
         """
         m, s, state = self.module, self.settings, self.state
@@ -329,26 +291,12 @@ class Trainer:
             "weights": s.lambda2 * losses.weight_penalty(m),
             "kl_within": s.kappa1 * losses.kl_within_batch(h, batch),
         }
-        mixes = [("kl_mix", s.kappa2, "across", c, state["tau"], state["log_weights"])]
-        if "local" in state:
-            mixes.append(("kl_local", s.kappa_local, "local", state["mix"], state["tau_mix"], None))
-        for name, weight, key, centres, tau, log_weights in mixes:
-            if weight == 0:
-                continue
-            p = cluster.memberships(h, centres, tau, log_weights)
-            state[key].update(
+        if s.kappa2 > 0:
+            p = cluster.memberships(h, c, state["tau"], state["log_weights"])
+            state["across"].update(
                 distributed.all_sum(mixing.batch_cluster_counts(p.detach(), batch, self.n_batches))
             )
-            terms[name] = weight * mixing.surrogate(p, batch, state[key].log_ratio())
-        if "align" in state:
-            p = state["p"][idx]
-            state["align"].update(
-                *map(
-                    distributed.all_sum,
-                    mixing.batch_cluster_sums(h.detach(), p, batch, self.n_batches),
-                )
-            )
-            terms["align"] = s.kappa_align * mixing.alignment_surrogate(h, p, batch, state["align"])
+            terms["kl_mix"] = s.kappa2 * mixing.surrogate(p, batch, state["across"].log_ratio())
         return terms
 
 
