@@ -234,3 +234,33 @@ def test_without_denoised_values_the_decoder_phase_is_skipped_and_nothing_else_m
     # given explicitly, the phase runs without the denoised output too
     kept = deepbid.integrate(small, "batch", copy=True, denoised=False, **FAST)
     assert "decoder" in kept.uns["deepbid"]["history"]
+
+
+def test_paper_preset_is_the_published_configuration(small, tmp_path):
+    """``preset="paper"``: the paper's width, weights (in per-cell terms), start and
+    epochs, eq. 14's clusters with no step after training; settings given beside it
+    win; it needs K, as the paper does."""
+    with pytest.raises(InputError, match="preset='paper' needs n_clusters"):
+        DeepBID(preset="paper")
+    with pytest.raises(InputError, match="unknown preset"):
+        DeepBID(n_clusters=3, preset="scvi")
+    fast = {k: v for k, v in FAST.items() if k not in ("latent_dim", "hidden_dim")}
+    model = DeepBID(n_clusters=3, preset="paper", seed=0, **fast).fit(small, "batch")
+    s = model.settings
+    assert (s.latent_dim, s.hidden_dim, s.epochs) == (300, 500, FAST["epochs"])
+    assert s.lambda1 == 5.0 and s.lambda2 == pytest.approx(0.01 / FAST["batch_size"])
+    assert s.kappa1 == 0.01 and s.kappa2 == pytest.approx(100.0 * 3 / FAST["batch_size"])
+    assert not (s.conditional_decoder or s.leiden_start or s.weighted_memberships)
+    assert not (s.final_alignment or s.final_mixture or s.divide_multimodal)
+    assert model.mixture is None and model.cluster_count == 3
+    assert "kl_mix" in model.history["cluster"]
+    # no step after training: the embedding is the codes, the clusters eq. 14's argmax
+    codes = torch.from_numpy(model.latent())
+    np.testing.assert_array_equal(model.clusters(), model._memberships(codes).argmax(1).numpy())
+    assert model.settings_dict()["preset"] == "paper"
+    model.save(tmp_path / "paper.pt")
+    assert DeepBID.load(tmp_path / "paper.pt").settings == s
+    # from 10,000 cells the paper's large-data rate and weights
+    large = model._resolved_settings(20_000)
+    assert (large.lr, large.lambda1) == (1e-5, 1.0)
+    assert large.lambda2 == pytest.approx(1e-4 / FAST["batch_size"])

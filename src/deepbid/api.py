@@ -54,6 +54,7 @@ def integrate(
     *,
     layer: str | None = None,
     n_clusters: int | None = None,
+    preset: str | None = None,
     genes: Sequence[str] | None = None,
     seed: int = 0,
     device: str = "auto",
@@ -78,6 +79,9 @@ def integrate(
         Number of clusters; ``None`` estimates it (the K rule of
         :mod:`deepbid.k_estimate`, then clusters with two modes divided;
         ``uns[key_added]["k_estimation"]`` reports both).
+    preset
+        ``"paper"``: the published method's configuration (needs ``n_clusters``; see
+        :func:`deepbid.settings.paper_settings`); ``None``: deepbid's defaults.
     genes
         Train on exactly these genes instead of the per-batch HVG union.
     seed
@@ -132,7 +136,12 @@ def integrate(
         # them it changes no output (embedding, clusters and memberships are the same)
         model_kwargs.setdefault("decoder_epochs", 0)
     model = DeepBID(
-        n_clusters=n_clusters, seed=seed, device=device, progress=progress, **model_kwargs
+        n_clusters=n_clusters,
+        preset=preset,
+        seed=seed,
+        device=device,
+        progress=progress,
+        **model_kwargs,
     )
     model.fit(adata, batch_key, layer=layer, genes=genes)
     target = adata.copy() if copy else adata

@@ -17,18 +17,22 @@ from .evaluate import evaluate
 from .files import read_h5ad, write_atomically
 from .model import DeepBID, resolve_device
 from .report import write_report
+from .settings import PRESETS
 from .transfer import known_labels, transfer_labels, transfer_summary
 
 
 def _model_from(args: argparse.Namespace) -> DeepBID:
-    # the decoder phase serves the denoised matrix alone, as in deepbid.integrate
+    settings = {} if args.epochs is None else {"epochs": args.epochs}
+    if args.denoised is False:
+        # the decoder phase serves the denoised matrix alone, as in deepbid.integrate
+        settings["decoder_epochs"] = 0
     return DeepBID(
         n_clusters=args.n_clusters,
+        preset=args.preset,
         seed=args.seed,
         device=args.device,
-        epochs=args.epochs,
-        decoder_epochs=0 if args.denoised is False else None,
         progress=not args.quiet,
+        **settings,
     )
 
 
@@ -162,6 +166,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K",
         help="number of clusters; default: estimated from the data",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help="'paper': the published method's configuration (needs --n-clusters); "
+        "default: deepbid's",
     )
     parser.add_argument(
         "--seed",

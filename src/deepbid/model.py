@@ -20,7 +20,7 @@ from .errors import InputError, InputWarning
 from .files import write_atomically
 from .mapping import train_new_batches
 from .module import Autoencoder
-from .settings import Settings, scaled_epochs
+from .settings import PRESETS, Settings, paper_settings, scaled_epochs
 from .train import Trainer, denoise, embed
 
 #: Version of the file :meth:`DeepBID.save` writes: one format for deepbid 0.2
@@ -80,6 +80,11 @@ class DeepBID:
     n_clusters
         Number of clusters ``K``; ``None`` estimates it from the data (and divides
         clusters with two modes at the end, ``divide_multimodal``).
+    preset
+        ``"paper"``: the published method's configuration for the data's size
+        (:func:`~deepbid.settings.paper_settings`: 300-wide code, the paper's weights,
+        epochs and start, no step after training); it needs ``n_clusters``, as the
+        paper does. ``settings`` given beside it override its values.
     **settings
         Any field of :class:`~deepbid.settings.Settings` (``latent_dim``, ``epochs``,
         ``kappa2``, ``kappa_local``, ...); the defaults live there.
@@ -103,6 +108,7 @@ class DeepBID:
         self,
         n_clusters: int | None = None,
         *,
+        preset: str | None = None,
         seed: int = 0,
         device: str = "auto",
         progress: bool = True,
@@ -121,8 +127,17 @@ class DeepBID:
             or not 0 <= seed < 2**32
         ):
             raise InputError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+        if preset is not None and preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}; known: {list(PRESETS)} or None")
+        if preset == "paper" and n_clusters is None:
+            raise InputError(
+                "preset='paper' needs n_clusters: the paper's method takes the number of "
+                "cell types as given (leave preset out to have it estimated)"
+            )
         self.n_clusters = n_clusters
+        self.preset = preset
         self.options = Settings.given(**settings)
+        self._given = frozenset(settings)
         self.seed = seed
         self.device = resolve_device(device)
         self.progress = progress
@@ -178,7 +193,7 @@ class DeepBID:
             raise InputError(
                 f"n_clusters={self.n_clusters} is more than the {view.n_total} usable cells"
             )
-        self.settings = self.options.for_cells(view.n_total)
+        self.settings = self._resolved_settings(view.n_total)
         trainer = self._new_trainer(view)
         with self._progress_bar() as bar:
             trainer.pretrain(view, bar)
@@ -197,6 +212,17 @@ class DeepBID:
         p = self._final_clusters(view, codes, p.cpu())
         self._keep_training_cells(view, codes, p, batch_key, layer)
         return self
+
+    def _resolved_settings(self, n_cells: int) -> Settings:
+        """The settings of a fit on ``n_cells`` cells: the preset's values (those the
+        user did not set), then every size-dependent default resolved."""
+        options = self.options
+        if self.preset == "paper":
+            paper = paper_settings(n_cells, self.n_clusters, options.batch_size)
+            options = dataclasses.replace(
+                options, **{k: v for k, v in paper.items() if k not in self._given}
+            )
+        return options.for_cells(n_cells)
 
     def _new_trainer(self, view: DataView) -> Trainer:
         """A fresh network for ``view``'s genes and batches (seeded, the same on every
@@ -626,6 +652,7 @@ class DeepBID:
             "history": self.history,
             "k_estimate": _plain(self.k_estimate),
             "n_clusters_given": None if self.n_clusters is None else int(self.n_clusters),
+            "preset": self.preset,
             "mapped": self.module.batch_shift is not None,
         }
         write_atomically(path, lambda tmp: torch.save(state, tmp))
@@ -665,6 +692,7 @@ class DeepBID:
         settings = Settings(**state["settings"])
         model = cls(
             n_clusters=state["n_clusters_given"],
+            preset=state["preset"],
             seed=state["seed"],
             device=device,
             progress=False,
@@ -703,6 +731,7 @@ class DeepBID:
             **self.settings.to_dict(),
             "n_clusters": self.cluster_count,
             "n_clusters_given": None if self.n_clusters is None else int(self.n_clusters),
+            "preset": "none" if self.preset is None else self.preset,
             "membership_temperature": self.temperature,
             "mixture_variance": None if self.mixture is None else self.mixture.variance,
             "seed": self.seed,

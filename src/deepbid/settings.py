@@ -34,6 +34,10 @@ DEFAULT_EPOCHS = {
 }
 #: The paper's (lambda1, lambda2) below and from LARGE_DATA_CELLS cells.
 PAPER_LAMBDAS = {False: (5.0, 0.01), True: (1.0, 1e-4)}
+#: The paper's learning rate below and from LARGE_DATA_CELLS cells.
+PAPER_LR = {False: 1e-3, True: 1e-5}
+#: Names ``DeepBID(preset=...)`` takes.
+PRESETS = ("paper",)
 #: Range of each numeric setting: ``(low, high, low included, high included)``; 0
 #: epochs skip a phase.
 RANGES = {
@@ -49,6 +53,47 @@ RANGES = {
     "reestimate_at": (0.0, 1.0, False, True),
     "input_dropout": (0.0, 1.0, True, False),
 }
+
+
+def paper_settings(n_cells: int, n_clusters: int, batch_size: int) -> dict[str, object]:
+    """The paper's configuration (``preset="paper"``) for ``n_cells`` cells and
+    ``n_clusters`` clusters, as settings of this project.
+
+    The paper's code is 300 wide; it pretrains for 20 epochs and clusters for 20 at a
+    learning rate of 1e-3 below :data:`LARGE_DATA_CELLS` cells and 1e-5 from there,
+    starts fuzzy k-means from k-means, decodes without the batch, uses eq. (14) as
+    written and stops after training. Its weights (kappa1 = 0.01, kappa2 = 100 and
+    :data:`PAPER_LAMBDAS`) multiply sums over the cells of a minibatch; here every
+    term is a per-cell mean. ``L_NB``, ``L_A`` and ``L_KL1`` sum over cells there, so
+    their weights carry over; ``L_O`` and eq. (10) are one sum per minibatch, so
+    divided by the minibatch's cells their weights are ``lambda2 / batch_size`` and
+    ``kappa2 / batch_size``; and eq. (10) sums over the K clusters where here each
+    cluster counts by its share of cells (``1 / K`` each for equal clusters), which
+    multiplies ``kappa2`` by ``n_clusters``. Adam runs in every phase (the paper
+    clusters with SGD).
+    """
+    large = n_cells >= LARGE_DATA_CELLS
+    lambda1, lambda2 = PAPER_LAMBDAS[large]
+    return {
+        "latent_dim": 300,
+        "lr": PAPER_LR[large],
+        "layer_epochs": 10,
+        "pretrain_epochs": 20,
+        "epochs": 20,
+        "decoder_epochs": 0,
+        "epoch_cells": None,
+        "lambda1": lambda1,
+        "lambda2": lambda2 / batch_size,
+        "kappa1": 0.01,
+        "kappa2": 100.0 * n_clusters / batch_size,
+        "conditional_decoder": False,
+        "leiden_start": False,
+        "weighted_memberships": False,
+        "final_alignment": False,
+        "final_scaling": False,
+        "final_mixture": False,
+        "divide_multimodal": False,
+    }
 
 
 def scaled_epochs(name: str, n_cells: int) -> int:
