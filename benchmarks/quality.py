@@ -13,20 +13,21 @@ CellBench files, whose labels are demuxlet's genotype calls and which keep the c
 demuxlet called doublets, the ARI is also given on the singlets alone (a doublet holds
 two cells' RNA under one label).
 
-``--ablation`` runs the variants of the mixing term instead (no mixing term; the
-paper's KL2 over the K clusters; the previous default's fine partition toward each
-type's batch mix with kappa2 and training-time L_align; the default, whose fine
-partition mixes toward the overall batch mix; the default with its divisions tested
-in the codes; the default with its final offsets measured apart from each batch's
-mix, not between centroids) and writes
-``ablation.{csv,md}``; the default without its final alignment (the embedding
-alone), its scaling, its final mixture, or the alignment measured again in divided
-clusters is scored on the default's own fit.
+``--ablation`` runs the ablation instead and writes ``ablation.{csv,md}``: the
+default, and the default with one step of its training left out (the within-batch
+KL, the batch-conditioned decoder, the weighting of eq. 14 by cluster size) or the
+paper's batch-mixing term added, each trained on its own; the default without its
+final alignment (the embedding alone), its scaling, its final mixture, or the
+division of clusters with two modes is scored on the default's own fit. Its table
+applies the rule of which steps stay: a step stays when leaving it out lowers the
+mean score over all sets by more than twice the seed-to-seed sd of the default's
+mean (or the paper prescribes it, or a feature needs it).
 
     python benchmarks/quality.py                       # shared files + scenarios, 3 seeds
     python benchmarks/quality.py --ablation --seeds 1
-    python benchmarks/quality.py --ablation --variants default "no mixing term"
-    python benchmarks/quality.py --only sc_mixology_3cl --set kappa_local=50 --out /tmp/q
+    python benchmarks/quality.py --ablation --variants default \
+        "without the within-batch KL (kappa1=0)"
+    python benchmarks/quality.py --only sc_mixology_3cl --set kappa2=10 --out /tmp/q
     python benchmarks/quality.py --ablation --tables-from a/ablation.csv b/ablation.csv
     python benchmarks/quality.py --tables-from a/ablation.csv b/ablation.csv  # defaults
 
@@ -48,10 +49,9 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.cluster import KMeans
 
-from deepbid import DeepBID, cluster, k_estimate, metrics
+from deepbid import DeepBID, k_estimate, metrics
 from deepbid.datasets import simulate
 
 HERE = Path(__file__).resolve().parent
@@ -97,18 +97,13 @@ SCENARIOS = {
         seed=6,
     ),
 }
-#: Variants of the mixing term compared by ``--ablation`` (settings of DeepBID), each
-#: trained on its own.
+#: Variants trained on their own by ``--ablation`` (settings of DeepBID): one step of
+#: the default training left out each, and the paper's batch-mixing term added.
 ABLATION = {
-    "no mixing term": dict(kappa2=0.0, kappa_local=0.0, kappa_align=0.0),
-    "paper KL2 (K clusters, overall mix, kappa2=100)": dict(
-        kappa2=100.0, kappa_local=0.0, kappa_align=0.0
-    ),
-    "previous default (per-type target, kappa2=2, training-time L_align)": dict(
-        kappa2=2.0, kappa_local=20.0, local_target="cluster", kappa_align=100.0
-    ),
-    "default with divisions tested in the codes": dict(division_space="codes"),
-    "default with offsets between centroids (alignment_components=0)": dict(alignment_components=0),
+    "with the paper's mixing term (kappa2=100)": dict(kappa2=100.0),
+    "without the within-batch KL (kappa1=0)": dict(kappa1=0.0),
+    "without the batch-conditioned decoder": dict(conditional_decoder=False),
+    "without weighted memberships (eq. 14 as written)": dict(weighted_memberships=False),
     "default": {},
 }
 #: Variants that differ from the default only after training: scored on the default's
@@ -117,7 +112,7 @@ AFTER_TRAINING = {
     "default without the final alignment": dict(final_alignment=False),
     "default without the final scaling": dict(final_scaling=False),
     "default without the final mixture": dict(final_mixture=False),
-    "default without the alignment in divided clusters": dict(divided_alignment=False),
+    "default without the division of clusters with two modes": dict(divide_multimodal=False),
 }
 #: Row order of the ablation table.
 ABLATION_ORDER = [*(v for v in ABLATION if v != "default"), *AFTER_TRAINING, "default"]
@@ -182,24 +177,16 @@ def after_training(model: DeepBID, flags: dict) -> DeepBID:
     if not late.settings.final_mixture:
         # the divisions are of the final mixture's clusters: none without it
         late.mixture, late.divisions, late._train_p = None, [], None
-        late.part_alignment = late.part_mixture = None
-    if not late.settings.divided_alignment:
-        # the fit's clusters are those of the mixture refitted after that alignment
-        late._train_p = None
+    if not late.settings.divide_multimodal:
+        late.divisions, late._train_p = [], None
     return late
 
 
 def undivided(model: DeepBID) -> np.ndarray:
-    """Clusters of the final mixture alone on the embedding it was fitted on, without
-    the divisions of :func:`deepbid.k_estimate.find_divisions` (nor the alignment in the
-    divided clusters): the same fit's clusters with ``divide_multimodal=False``; eq.
-    14's clusters where there is no final mixture."""
-    cells = model.train_view.cells
-    if model.mixture is None:
-        return model.clusters()[cells]
-    latent = after_training(model, {"divided_alignment": False}).latent()[cells]
-    posteriors = cluster.mixture_posteriors(torch.from_numpy(latent), model.mixture)
-    return posteriors.argmax(dim=1).numpy()
+    """Clusters of the final mixture alone, without the divisions of
+    :func:`deepbid.k_estimate.find_divisions`: the same fit's clusters with
+    ``divide_multimodal=False``; eq. 14's clusters where there is no final mixture."""
+    return after_training(model, {"divide_multimodal": False}).clusters()[model.train_view.cells]
 
 
 def singlets(adata: ad.AnnData) -> np.ndarray | None:
@@ -330,6 +317,8 @@ def write(results: pd.DataFrame, out: Path, ablation: bool) -> None:
 
 
 def _parse(value: str):
+    if value in ("True", "False"):
+        return value == "True"
     for kind in (int, float):
         try:
             return kind(value)
@@ -397,9 +386,13 @@ def ablation_table(results: pd.DataFrame) -> str:
     names = _dataset_order(results["dataset"])
     present = set(results["variant"])
     variants = [v for v in ABLATION_ORDER if v in present]
+    # the rule: per seed, the mean score over all sets; a step stays when leaving it
+    # out lowers that mean by more than twice the default's seed-to-seed sd
+    per_seed = results.groupby(["variant", "seed"])["score"].mean()
+    noise = 2 * per_seed.loc["default"].std(ddof=1) if "default" in present else np.nan
     lines = [
-        "| variant | " + " | ".join(names) + " | mean ARI + iLISI/B |",
-        "|---|" + "---|" * (len(names) + 1),
+        "| variant | " + " | ".join(names) + " | mean ARI + iLISI/B | change | beyond 2 sd |",
+        "|---|" + "---|" * (len(names) + 3),
     ]
     for variant in variants:
         cells = [
@@ -411,8 +404,20 @@ def ablation_table(results: pd.DataFrame) -> str:
         scores = mean.xs(variant, level="variant")["score"]
         # a variant run on some datasets only is not averaged as if it were all of them
         count = "" if scores.size == len(names) else f" ({scores.size} of {len(names)})"
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {scores.mean():.3f}{count} |")
-    return _header(results) + "Each cell: ARI / median iLISI.\n\n" + "\n".join(lines) + "\n"
+        change = scores.mean() - mean.xs("default", level="variant")["score"].mean()
+        beyond = "–" if variant == "default" else ("yes" if abs(change) > noise else "no")
+        lines.append(
+            f"| {variant} | "
+            + " | ".join(cells)
+            + f" | {scores.mean():.3f}{count} | {change:+.3f} | {beyond} |"
+        )
+    return (
+        _header(results)
+        + "Each cell: ARI / median iLISI. change: against the default; twice the default's "
+        + f"seed-to-seed sd of its mean score is {noise:.3f}.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ measures how far the two largest of them overlap:
 
     python benchmarks/separability.py                       # close types, RNA mixtures
     python benchmarks/separability.py --only sc_mixology_3cl --seeds 0
-    python benchmarks/separability.py --set alignment_components=4 --out results/x
+    python benchmarks/separability.py --set final_scaling=False --out results/x
 
 Writes ``results/separability.{csv,md}``.
 """
