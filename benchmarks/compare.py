@@ -34,7 +34,9 @@ metrics, Total = 0.6 bio + 0.4 batch.
     python benchmarks/compare.py --no-shared my.h5ad --methods pca harmony --max-cells 300
 
 Writes compare.csv (one row per method and seed, with commit, date, cores and package
-versions), compare.md (mean ± sd over seeds) and compare_<dataset>.png to ``--out``.
+versions), compare.md (mean ± sd over seeds), compare_summary.md (scIB Total, bio, batch,
+ARI and seconds: deepbid's own clusters, the others' K rule clusters) and
+compare_<dataset>.png to ``--out``.
 """
 
 from __future__ import annotations
@@ -501,9 +503,14 @@ def markdown(result: pd.DataFrame, seeds: list[int]) -> str:
     }
     cost = {"seconds": ("seconds", 1), "peak_added_mb": ("peak MB added", 0)}
     cost |= {"peak_rss_mb": ("peak MB (process)", 0)}
+    made = result.groupby("commit", sort=False)["method"].unique()
+    where = (
+        f"commit `{first['commit']}`"
+        if len(made) == 1
+        else " · ".join(f"{', '.join(m)} at commit `{c}`" for c, m in made.items())
+    )
     parts = [
-        f"commit `{first['commit']}` · {first['date']} · {first['cores']} cores · "
-        f"{first['versions']}\n",
+        f"{where} · {first['date']} · {first['cores']} cores · {first['versions']}\n",
         f"deepbid and scVI: mean ± sd over seeds {', '.join(map(str, seeds))} (`runs`); "
         "the others: one run at their default seed 0. `–`: not applicable (BBKNN gives a "
         "graph, no embedding) or not run.\n",
@@ -523,6 +530,37 @@ def markdown(result: pd.DataFrame, seeds: list[int]) -> str:
         markdown_table(result[result["seconds"].notna()], cost),
     ]
     return "\n".join(parts)
+
+
+def summary_markdown(result: pd.DataFrame) -> str:
+    """compare_summary.md: per file and method, scIB Total, bio conservation and batch
+    correction, ARI and seconds, means over seeds; the best Total of an embedding on each
+    file in bold."""
+    own = result[result["method"].str.endswith("(own clusters)")]
+    own = own.assign(method=own["method"].str.removesuffix(" (own clusters)"))
+    own_ari = own.groupby(["dataset", "method"])["ari_own"].mean()
+    main = result[~result["method"].str.endswith("(own clusters)")]
+    mean = main.groupby(["dataset", "method"], sort=False).mean(numeric_only=True)
+    lines = [
+        "| data | method | scIB Total | bio | batch | ARI | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dataset in main["dataset"].unique():
+        block = mean.loc[dataset]
+        # BBKNN is scored on its graph alone (no embedding metric): its Total is of
+        # other metrics, so the best is among the embeddings
+        embeddings = block[block.get("scib_silhouette_label", block["seconds"]).notna()]
+        best = embeddings["scib_total"].max() if "scib_total" in block else np.nan
+        for method, row in block.iterrows():
+            ari = own_ari.get((dataset, method), row.get("ari_k_rule", np.nan))
+            total = row.get("scib_total", np.nan)
+            cells = [f"{total:.3f}", f"{row.get('scib_bio_conservation', np.nan):.3f}"]
+            cells += [f"{row.get('scib_batch_correction', np.nan):.3f}", f"{ari:.3f}"]
+            cells += [f"{row['seconds']:.1f}"]
+            if total == best:
+                cells[0] = f"**{cells[0]}**"
+            lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines).replace("nan", "–") + "\n"
 
 
 def graph_umap(knn_graph: sp.csr_matrix, connectivities: sp.csr_matrix) -> np.ndarray:
@@ -574,10 +612,31 @@ def figure(
 # -- the run ---------------------------------------------------------------------------------
 
 
+def kept_with(earlier: pd.DataFrame, new: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
+    """``new``'s rows with ``earlier``'s rows of the datasets it covers and the methods
+    not in ``methods``, per dataset in :data:`METHODS` order."""
+    run = set(methods) | {f"{m} (own clusters)" for m in methods}
+    earlier = earlier[earlier["dataset"].isin(new["dataset"]) & ~earlier["method"].isin(run)]
+    both = pd.concat([earlier, new], ignore_index=True)
+    order = {
+        m: i for i, m in enumerate(m for name in METHODS for m in (name, f"{name} (own clusters)"))
+    }
+    datasets = {d: i for i, d in enumerate(new["dataset"].unique())}
+    key = both["dataset"].map(datasets) * len(order) + both["method"].map(order)
+    return both.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
 def benchmark_file(
-    path: Path, methods: list[str], seeds: list[int], max_cells: int | None, quick: bool, out: Path
+    path: Path,
+    methods: list[str],
+    seeds: list[int],
+    max_cells: int | None,
+    quick: bool,
+    out: Path,
+    draw: bool = True,
 ) -> pd.DataFrame:
-    """Every method (and seed) on one file: the rows of compare.csv; draws its figure."""
+    """Every method (and seed) on one file: the rows of compare.csv; draws its figure
+    (``draw``: a figure of some methods alone would replace that of all)."""
     adata = ad.read_h5ad(path)
     cells = None
     if max_cells and adata.n_obs > max_cells:
@@ -612,14 +671,15 @@ def benchmark_file(
                         **own,
                     }
                 )
-            if method not in umaps:
+            if draw and method not in umaps:
                 umaps[method] = (
                     graph_umap(rep.knn_graph, rep.connectivities)
                     if rep.embedding is None
                     else plotting.umap(rep.embedding)
                 )
     frame = pd.DataFrame(rows)
-    figure(path.stem, frame, umaps, batch, labels, out / f"compare_{path.stem}.png")
+    if draw:
+        figure(path.stem, frame, umaps, batch, labels, out / f"compare_{path.stem}.png")
     return frame
 
 
@@ -641,6 +701,12 @@ def main() -> None:
         action="store_true",
         help="a few epochs for deepbid and scVI (a smoke test, not a result)",
     )
+    parser.add_argument(
+        "--keep",
+        metavar="CSV",
+        help="an earlier compare.csv whose rows of the methods not run now are kept (with "
+        "their own commit): rerun deepbid alone after a change to it",
+    )
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     paths = ([] if args.no_shared else sorted(SHARED.glob("*.h5ad"))) + [
@@ -655,11 +721,15 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     frames = [
-        benchmark_file(path, methods, args.seeds, args.max_cells, args.quick, out) for path in paths
+        benchmark_file(path, methods, args.seeds, args.max_cells, args.quick, out, not args.keep)
+        for path in paths
     ]
     result = pd.concat(frames, ignore_index=True).assign(**provenance())
+    if args.keep:
+        result = kept_with(pd.read_csv(args.keep), result, methods)
     result.to_csv(out / "compare.csv", index=False)
     (out / "compare.md").write_text(markdown(result, args.seeds))
+    (out / "compare_summary.md").write_text(summary_markdown(result))
     print((out / "compare.md").read_text())
 
 
