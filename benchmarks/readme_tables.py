@@ -1,6 +1,7 @@
-"""Regenerate the result tables of README.md and benchmarks/README.md from the results files.
+"""Regenerate the result tables of README.md, docs/*.md and benchmarks/README.md from the
+results files.
 
-Every block of either document between ``<!-- results:NAME -->`` and
+Every block of these documents between ``<!-- results:NAME -->`` and
 ``<!-- /results:NAME -->`` is replaced by the content of ``benchmarks/results/NAME.md``, so
 that the tables in the documents are the files a benchmark wrote, never hand-edited copies.
 
@@ -18,8 +19,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
-#: The documents whose results blocks are regenerated: the README and the full record.
-DOCUMENTS = (README, HERE / "README.md")
+#: The documents whose results blocks are regenerated: the README, the docs pages and the
+#: full record.
+DOCUMENTS = (README, *sorted((HERE.parent / "docs").glob("*.md")), HERE / "README.md")
 RESULTS = HERE / "results"
 #: A results block: its opening marker, its content, the matching closing marker.
 BLOCK = re.compile(

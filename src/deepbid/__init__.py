@@ -24,4 +24,4 @@ __all__ = [
     "transfer_labels",
     "write_results",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

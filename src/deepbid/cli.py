@@ -224,6 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
         "obs['deepbid_cluster'], obsm['deepbid_membership'], obsm['deepbid_denoised'] and "
         "uns['deepbid']; print a metrics table and optionally draw figures.",
     )
+    _integrate_arguments(integrate)
+    _common(integrate)
+    integrate.set_defaults(func=_integrate)
+    demo = sub.add_parser(
+        "demo",
+        help="integrate the bundled CellBench dataset and draw figures",
+        description="Run deepbid on the bundled CellBench sc_mixology data (3 cell lines, "
+        "2 protocols): writes demo.h5ad, metrics.csv and PNG figures to OUTDIR.",
+    )
+    demo.add_argument("-o", "--outdir", default="deepbid_demo", help="output folder")
+    _common(demo)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def _integrate_arguments(integrate: argparse.ArgumentParser) -> None:
+    """The arguments of ``deepbid integrate`` that ``deepbid demo`` does not take."""
     integrate.add_argument("input", help="input .h5ad with raw counts (never modified)")
     integrate.add_argument("-o", "--output", required=True, help="output .h5ad (not the input)")
     integrate.add_argument(
@@ -263,18 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CSV",
         help="metrics table path (default: OUT with suffix .metrics.csv)",
     )
-    _common(integrate)
-    integrate.set_defaults(func=_integrate)
-    demo = sub.add_parser(
-        "demo",
-        help="integrate the bundled CellBench dataset and draw figures",
-        description="Run deepbid on the bundled CellBench sc_mixology data (3 cell lines, "
-        "2 protocols): writes demo.h5ad, metrics.csv and PNG figures to OUTDIR.",
-    )
-    demo.add_argument("-o", "--outdir", default="deepbid_demo", help="output folder")
-    _common(demo)
-    demo.set_defaults(func=_demo)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -252,6 +252,20 @@ def _stack(parts: list[sp.csr_matrix], n_cols: int) -> sp.csr_matrix:
     return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_cols))
 
 
+def _scan_together(
+    source: object, runs: list[slice], where: str, sample: np.ndarray
+) -> tuple[np.ndarray, bool, sp.csr_matrix, float]:
+    """:func:`_scan` of this process's ``runs``, its :class:`InputError` raised on every
+    process at once (one process's bad rows stop them all, none waits forever)."""
+    scanned, error = None, None
+    try:
+        scanned = _scan(source, runs, where, sample)
+    except InputError as err:
+        error = err
+    distributed.raise_together(error)
+    return scanned
+
+
 def _scan(
     source: object, runs: list[slice], where: str, keep: np.ndarray
 ) -> tuple[np.ndarray, bool, sp.csr_matrix, float]:
@@ -474,50 +488,15 @@ def prepare(
         sample = np.zeros(adata.n_obs, dtype=bool)
     owned = distributed.shard(adata.n_obs)
     runs = _runs(owned)
-    scanned, error = None, None
-    try:
-        scanned = _scan(source, runs, where, sample)
-    except InputError as err:
-        error = err
-    distributed.raise_together(error)
-    own_library, is_counts, sampled, largest = scanned
-    del scanned  # the sample is dropped once genes are selected
+    own_library, is_counts, sampled, largest = _scan_together(source, runs, where, sample)
     library = distributed.gather_rows(own_library, owned, adata.n_obs)
     is_counts = bool(distributed.all_min(int(is_counts)))
     if not is_counts:
         check_log_scale(largest, where)
-        warnings.warn(
-            f"{where} holds non-integer values, so it is taken as log-normalised data: the "
-            "encoder reads it as it is and the NB likelihood uses its rounded values (the "
-            "paper's fallback). Pass raw counts (layer=...) for the statistically sound model."
-            + (
-                " adata.raw is set: if it holds the raw counts, integrate "
-                "adata.raw.to_adata() (it keeps obs) instead."
-                if layer is None and adata.raw is not None
-                else ""
-            ),
-            InputWarning,
-            stacklevel=3,
-        )
-
-    cells = library > 0
-    if not cells.all():
-        warnings.warn(
-            f"{int((~cells).sum())} cells have zero counts and are left out; their outputs "
-            "are NaN. Remove them first with scanpy.pp.filter_cells(adata, min_counts=1).",
-            InputWarning,
-            stacklevel=3,
-        )
-    if not cells.any():
-        raise InputError(f"every cell in {where} has zero counts")
+        _warn_not_counts(where, layer is None and adata.raw is not None)
+    cells = _cells_with_counts(library, where)
     categories = [str(c) for c in labels.categories]
-    n = len(categories)
-    _check_batches(
-        batch_key,
-        categories,
-        np.bincount(all_codes[cells], minlength=n),
-        np.bincount(all_codes, minlength=n),
-    )
+    _check_batches(batch_key, categories, all_codes, cells)
 
     median_library = float(np.median(library[cells])) if is_counts else 1.0
     if genes is None:
@@ -531,12 +510,7 @@ def prepare(
             n_top_genes,
             min_cells,
         )
-        if keep.sum() < 2:
-            raise InputError(
-                f"fewer than 2 genes are detected in {min_cells} cells of any batch; "
-                "deepbid needs more genes or more cells per batch"
-            )
-    del sampled
+    del sampled  # the sample is dropped once genes are selected
     mine = owned[cells[owned]]
     return _view(
         _gather(source, runs, cells, np.flatnonzero(keep)),
@@ -549,6 +523,40 @@ def prepare(
         median_library,
         positions=(np.cumsum(cells) - 1)[mine],
     )
+
+
+def _warn_not_counts(where: str, raw_set: bool) -> None:
+    """Say that the matrix at ``where`` is taken as log-normalised (and, ``raw_set``,
+    that ``adata.raw`` may hold the counts)."""
+    warnings.warn(
+        f"{where} holds non-integer values, so it is taken as log-normalised data: the "
+        "encoder reads it as it is and the NB likelihood uses its rounded values (the "
+        "paper's fallback). Pass raw counts (layer=...) for the statistically sound model."
+        + (
+            " adata.raw is set: if it holds the raw counts, integrate "
+            "adata.raw.to_adata() (it keeps obs) instead."
+            if raw_set
+            else ""
+        ),
+        InputWarning,
+        stacklevel=4,  # the caller of DeepBID.fit
+    )
+
+
+def _cells_with_counts(library: np.ndarray, where: str) -> np.ndarray:
+    """``(n,)`` mask of the cells with counts (library ``(n,)``); warns of the others and
+    raises :class:`InputError` when there are none."""
+    cells = library > 0
+    if not cells.all():
+        warnings.warn(
+            f"{int((~cells).sum())} cells have zero counts and are left out; their outputs "
+            "are NaN. Remove them first with scanpy.pp.filter_cells(adata, min_counts=1).",
+            InputWarning,
+            stacklevel=4,
+        )
+    if not cells.any():
+        raise InputError(f"every cell in {where} has zero counts")
+    return cells
 
 
 def _selected(
@@ -591,6 +599,11 @@ def _selected(
             min_cells,
         )
     votes = distributed.all_sum(torch.from_numpy(selected.astype(np.int64)))
+    if (votes > 0).sum() < 2:
+        raise InputError(
+            f"fewer than 2 genes are detected in {min_cells} cells of any batch; "
+            "deepbid needs more genes or more cells per batch"
+        )
     return votes.numpy() > 0
 
 
@@ -625,10 +638,12 @@ def _view(
 
 
 def _check_batches(
-    batch_key: str, categories: list[str], present: np.ndarray, total: np.ndarray
+    batch_key: str, categories: list[str], codes: np.ndarray, cells: np.ndarray
 ) -> None:
     """Two batches or more, each with :data:`MIN_CELLS_PER_BATCH` cells that have counts
-    (``present`` of ``total`` cells per batch)."""
+    (``cells``, ``(n,)`` mask) among its cells (``codes``, ``(n,)`` batch codes)."""
+    present = np.bincount(codes[cells], minlength=len(categories))
+    total = np.bincount(codes, minlength=len(categories))
     if len(categories) < 2:
         raise InputError(
             f"adata.obs[{batch_key!r}] has a single batch ({categories[0]!r}); integration "

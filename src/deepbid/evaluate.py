@@ -83,25 +83,39 @@ def evaluate(
     ).set_index("method")
     table["cells_scored"] = len(cells)
     if figures is not None:
-        figures.mkdir(parents=True, exist_ok=True)
         colourings = {"batch": batch, "deepbid cluster": clusters}
         if labels is not None:
             colourings["label"] = labels
         shown = "" if len(cells) == n_cells else f", {len(cells):,} of {n_cells:,} cells"
-        plotting.umap_panels(
-            plotting.umap(before, model.seed),
-            colourings,
-            f"before integration (PCA of log-normalised HVGs{shown})",
-            figures / "umap_before.png",
-        )
-        plotting.umap_panels(
-            plotting.umap(after, model.seed),
-            colourings,
-            f"after deepbid{shown}",
-            figures / "umap_after.png",
-        )
-        plotting.loss_curves(model.history, figures / "loss_curves.png")
+        _draw(figures, model, before, after, colourings, shown)
     return table, cells
+
+
+def _draw(
+    figures: Path,
+    model: DeepBID,
+    before: np.ndarray,
+    after: np.ndarray,
+    colourings: dict[str, np.ndarray],
+    shown: str,
+) -> None:
+    """UMAPs of the ``(n, d)`` embeddings ``before`` and ``after`` integration, each
+    coloured by every ``(n,)`` array of ``colourings``, and the loss curves, in
+    ``figures``; ``shown`` tells a sample of cells in the titles."""
+    figures.mkdir(parents=True, exist_ok=True)
+    plotting.umap_panels(
+        plotting.umap(before, model.seed),
+        colourings,
+        f"before integration (PCA of log-normalised HVGs{shown})",
+        figures / "umap_before.png",
+    )
+    plotting.umap_panels(
+        plotting.umap(after, model.seed),
+        colourings,
+        f"after deepbid{shown}",
+        figures / "umap_after.png",
+    )
+    plotting.loss_curves(model.history, figures / "loss_curves.png")
 
 
 def leiden(embedding: np.ndarray, seed: int, resolution: float = 1.0) -> np.ndarray:

@@ -64,20 +64,7 @@ def write_report(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     drawn = directory if figures is None else Path(figures)
-    kept = adata.obs["deepbid_cluster"].notna().to_numpy()
-    plotting.composition(
-        adata.obs["deepbid_cluster"].astype(str).to_numpy()[kept],
-        adata.obs[batch_key].astype(str).to_numpy()[kept],
-        directory / "composition.png",
-    )
-    ranked = np.flatnonzero(kept) if cells is None else cells[kept[cells]]
-    comparison = markers(adata, label_key=label_key, layer=model.layer, cells=ranked)
-    chosen = adata[ranked]
-    lognorm = log_normalised(chosen.to_memory() if chosen.isbacked else chosen, model.layer)
-    lognorm.obs["deepbid_cluster"] = lognorm.obs["deepbid_cluster"].astype(str).astype("category")
-    lognorm.uns["rank_genes_groups"] = adata.uns["rank_genes_groups"]
-    plotting.marker_dotplot(lognorm, "deepbid_cluster", directory / "markers_dotplot.png")
-
+    comparison = _own_figures(directory, adata, model, batch_key, label_key, cells)
     settings = pd.Series(model.settings_dict(), name="value").to_frame()
     batches = html.escape(", ".join(model.batch_categories))
     sections = [
@@ -122,3 +109,31 @@ def write_report(
     path = directory / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _own_figures(
+    directory: Path,
+    adata: ad.AnnData,
+    model: DeepBID,
+    batch_key: str,
+    label_key: str | None,
+    cells: np.ndarray | None,
+) -> pd.DataFrame | None:
+    """Draw the report's own figures into ``directory``: the batch composition of each
+    cluster and the dot plot of marker genes ranked on ``cells`` (indices into
+    ``adata``; ``None``: all). Returns the marker comparison with ``label_key``, if
+    given (:func:`deepbid.markers`)."""
+    kept = adata.obs["deepbid_cluster"].notna().to_numpy()
+    plotting.composition(
+        adata.obs["deepbid_cluster"].astype(str).to_numpy()[kept],
+        adata.obs[batch_key].astype(str).to_numpy()[kept],
+        directory / "composition.png",
+    )
+    ranked = np.flatnonzero(kept) if cells is None else cells[kept[cells]]
+    comparison = markers(adata, label_key=label_key, layer=model.layer, cells=ranked)
+    chosen = adata[ranked]
+    lognorm = log_normalised(chosen.to_memory() if chosen.isbacked else chosen, model.layer)
+    lognorm.obs["deepbid_cluster"] = lognorm.obs["deepbid_cluster"].astype(str).astype("category")
+    lognorm.uns["rank_genes_groups"] = adata.uns["rank_genes_groups"]
+    plotting.marker_dotplot(lognorm, "deepbid_cluster", directory / "markers_dotplot.png")
+    return comparison

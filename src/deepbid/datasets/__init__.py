@@ -125,12 +125,7 @@ def simulate(
       ``(n_cells, n_genes)``, the NB mean of every count, batch effect included.
     """
     if mixtures is not None:
-        weights = np.asarray(mixtures, dtype=float)
-        if weights.ndim != 2 or weights.shape[0] != n_types or (weights < 0).any():
-            raise ValueError(f"mixtures must be {n_types} rows of non-negative weights")
-        if close_pairs or families:
-            raise ValueError("mixtures are not combined with close_pairs or families")
-        weights = weights / weights.sum(axis=1, keepdims=True)
+        weights = _mixture_weights(mixtures, n_types, close_pairs or families)
     rng = np.random.default_rng(seed)
     base = rng.normal(0.0, 2.0, n_genes)
 
@@ -142,11 +137,7 @@ def simulate(
     if mixtures is None:
         de = changes(de_strength)
     else:
-        # pooled RNA adds expression, not log expression: mix the sources' profiles
-        source = base + changes(de_strength, weights.shape[1])
-        pure = np.exp(source - source.max(axis=1, keepdims=True))
-        pure /= pure.sum(axis=1, keepdims=True)
-        de = np.log(weights @ pure) - base
+        de = _mixed_changes(base, changes(de_strength, weights.shape[1]), weights)
     if close_pairs:
         near = changes(de_strength * close_difference)
         for i in range(close_pairs):
@@ -156,40 +147,111 @@ def simulate(
         de = family[np.arange(n_types) * families // n_types] + family_difference * de
     batch_scale = rng.normal(0, batch_strength, (n_batches, n_genes))
     library_shift = rng.normal(0, 0.3, n_batches)
-    if type_shares is None:
-        type_share = rng.dirichlet(np.full(n_types, 2.0), size=n_batches)
-    else:
-        shares = np.asarray(type_shares, dtype=float)
-        type_share = rng.dirichlet(50 * shares / shares.sum(), size=n_batches)
-    for i in range(batch_specific):
-        kind = n_types - 1 - i
-        only = i % n_batches
-        type_share[:, kind] = np.where(np.arange(n_batches) == only, type_share[:, kind], 0)
-    type_share /= type_share.sum(axis=1, keepdims=True)
+    type_share = _type_shares(rng, n_types, n_batches, type_shares, batch_specific)
     batch = rng.integers(0, n_batches, n_cells)
     cell_type = np.array([rng.choice(n_types, p=type_share[b]) for b in batch])
     library = np.exp(rng.normal(np.log(3000) + library_shift[batch], 0.4))
-    blocks, means = [], []
-    for start in range(0, n_cells, chunk):
-        rows = slice(start, min(start + chunk, n_cells))
-        logits = base + de[cell_type[rows]] + batch_scale[batch[rows]]
-        profile = np.exp(logits - logits.max(axis=1, keepdims=True))
-        mean = profile / profile.sum(axis=1, keepdims=True) * library[rows, None]
-        counts = rng.poisson(rng.gamma(dispersion, mean / dispersion))
-        blocks.append(sp.csr_matrix(counts.astype(np.float32)))
-        if true_means:
-            means.append(mean.astype(np.float32))
-    adata = ad.AnnData(sp.vstack(blocks, format="csr"))
-    adata.obs_names = [f"cell{i}" for i in range(n_cells)]
-    adata.var_names = [f"gene{j}" for j in range(n_genes)]
-    adata.obs["batch"] = pd.Categorical([f"batch{b}" for b in batch])
-    adata.obs["cell_type"] = pd.Categorical([f"type{t}" for t in cell_type])
-    adata.obs["library"] = library
+    logits = (base + de, batch_scale)
+    counts, means = _draw_counts(
+        rng, logits, cell_type, batch, library, dispersion, chunk, true_means
+    )
+    adata = _named(counts, batch, cell_type, library, means)
     adata.uns["simulate"] = {
         "type_log_profile": (base + de).astype(np.float32),
         "batch_log_scale": batch_scale.astype(np.float32),
         "dispersion": float(dispersion),
     }
-    if true_means:
-        adata.layers["true_mean"] = np.vstack(means)
     return adata
+
+
+def _named(
+    counts: sp.csr_matrix,
+    batch: np.ndarray,
+    cell_type: np.ndarray,
+    library: np.ndarray,
+    means: np.ndarray | None,
+) -> ad.AnnData:
+    """The AnnData of ``counts`` ``(n_cells, n_genes)``: cells and genes named, each
+    cell's batch, type and expected library in ``obs``, the true means (if any) in a
+    layer."""
+    adata = ad.AnnData(counts)
+    adata.obs_names = [f"cell{i}" for i in range(counts.shape[0])]
+    adata.var_names = [f"gene{j}" for j in range(counts.shape[1])]
+    adata.obs["batch"] = pd.Categorical([f"batch{b}" for b in batch])
+    adata.obs["cell_type"] = pd.Categorical([f"type{t}" for t in cell_type])
+    adata.obs["library"] = library
+    if means is not None:
+        adata.layers["true_mean"] = means
+    return adata
+
+
+def _mixture_weights(mixtures: Sequence[Sequence[float]], n_types: int, nested: bool) -> np.ndarray:
+    """``(n_types, n_sources)`` weights of each type's RNA sources, rows summing to 1;
+    ``ValueError`` for a bad shape, a negative weight, or ``nested`` types beside them."""
+    weights = np.asarray(mixtures, dtype=float)
+    if weights.ndim != 2 or weights.shape[0] != n_types or (weights < 0).any():
+        raise ValueError(f"mixtures must be {n_types} rows of non-negative weights")
+    if nested:
+        raise ValueError("mixtures are not combined with close_pairs or families")
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def _type_shares(
+    rng: np.random.Generator,
+    n_types: int,
+    n_batches: int,
+    type_shares: Sequence[float] | None,
+    batch_specific: int,
+) -> np.ndarray:
+    """Each batch's share of each type ``(n_batches, n_types)``: Dirichlet draws around
+    ``type_shares`` (``None``: even), the last ``batch_specific`` types held by one
+    batch each."""
+    if type_shares is None:
+        share = rng.dirichlet(np.full(n_types, 2.0), size=n_batches)
+    else:
+        shares = np.asarray(type_shares, dtype=float)
+        share = rng.dirichlet(50 * shares / shares.sum(), size=n_batches)
+    for i in range(batch_specific):
+        kind = n_types - 1 - i
+        only = i % n_batches
+        share[:, kind] = np.where(np.arange(n_batches) == only, share[:, kind], 0)
+    return share / share.sum(axis=1, keepdims=True)
+
+
+def _mixed_changes(base: np.ndarray, sources: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Log changes ``(n_types, n_genes)`` of pooled RNA: each type's profile is its
+    ``weights`` ``(n_types, n_sources)`` mix of the sources' expression profiles (base
+    ``(n_genes,)`` plus each source's changes ``(n_sources, n_genes)``); pooling adds
+    expression, not log expression."""
+    source = base + sources
+    pure = np.exp(source - source.max(axis=1, keepdims=True))
+    pure /= pure.sum(axis=1, keepdims=True)
+    return np.log(weights @ pure) - base
+
+
+def _draw_counts(
+    rng: np.random.Generator,
+    logits: tuple[np.ndarray, np.ndarray],
+    cell_type: np.ndarray,
+    batch: np.ndarray,
+    library: np.ndarray,
+    dispersion: float,
+    chunk: int,
+    keep_means: bool,
+) -> tuple[sp.csr_matrix, np.ndarray | None]:
+    """NB counts, CSR float32 ``(n_cells, n_genes)``, and with ``keep_means`` their dense
+    float32 means (else ``None``), drawn ``chunk`` cells at a time. ``logits`` are the
+    types' log profiles ``(n_types, n_genes)`` and the batches' log scales
+    ``(n_batches, n_genes)``; ``cell_type``, ``batch`` and ``library`` are per cell."""
+    profiles, scales = logits
+    blocks, means = [], []
+    for start in range(0, len(batch), chunk):
+        rows = slice(start, min(start + chunk, len(batch)))
+        logit = profiles[cell_type[rows]] + scales[batch[rows]]
+        profile = np.exp(logit - logit.max(axis=1, keepdims=True))
+        mean = profile / profile.sum(axis=1, keepdims=True) * library[rows, None]
+        counts = rng.poisson(rng.gamma(dispersion, mean / dispersion))
+        blocks.append(sp.csr_matrix(counts.astype(np.float32)))
+        if keep_means:
+            means.append(mean.astype(np.float32))
+    return sp.vstack(blocks, format="csr"), np.vstack(means) if keep_means else None
