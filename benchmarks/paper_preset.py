@@ -54,7 +54,8 @@ def table(results: pd.DataFrame) -> str:
     configurations = list(results["configuration"].unique())
     head = " | ".join(f"{c}: K / ARI / iLISI / s" for c in configurations)
     lines = [
-        f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores; "
+        f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores, "
+        f"{stamp['threads']} torch thread(s); "
         f"{results['seed'].nunique()} seed(s), mean over seeds.",
         "",
         f"| set | {head} |",

@@ -49,6 +49,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.cluster import KMeans
 
 from deepbid import DeepBID, k_estimate, metrics
@@ -119,7 +120,8 @@ ABLATION_ORDER = [*(v for v in ABLATION if v != "default"), *AFTER_TRAINING, "de
 
 
 def provenance() -> dict[str, str | int]:
-    """Commit (``+dirty`` when src/ has uncommitted changes), date and core count."""
+    """Commit (``+dirty`` when src/ has uncommitted changes), date, the machine's cores
+    and the threads torch computes with (another count sums in another order)."""
 
     def git(*args: str) -> str:
         return subprocess.run(
@@ -133,6 +135,7 @@ def provenance() -> dict[str, str | int]:
         "commit": commit,
         "date": datetime.date.today().isoformat(),
         "cores": os.cpu_count() or 1,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -346,7 +349,9 @@ def _header(results: pd.DataFrame) -> str:
     # rows of several runs (--tables-from) name every commit that made them
     commits = " + ".join(dict.fromkeys(results["commit"].astype(str)))
     return (
-        f"commit {commits}, {first['date']}, {first['cores']} cores; "
+        f"commit {commits}, {first['date']}, {first['cores']} cores"
+        + (f", {first['threads']} torch thread(s)" if "threads" in results else "")
+        + "; "
         f"{results['seed'].nunique()} seed(s) per dataset, mean (sd) over seeds.\n\n"
     )
 

@@ -77,7 +77,8 @@ def table(results: pd.DataFrame) -> str:
     orders, the seed-to-seed sd, and whether the targets are met."""
     stamp = results.iloc[0]
     lines = [
-        f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores; defaults, K "
+        f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores, "
+        f"{stamp['threads']} torch thread(s); defaults, K "
         "estimated; each seed fitted with the cells as given and in one shuffled order.",
         "",
         "Per seed: K given / shuffled, ARI given / shuffled, ARI between the two orders.",
