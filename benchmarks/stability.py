@@ -5,8 +5,8 @@ estimated) at each seed twice: with the cells in the order they come, and in one
 random order (the same permutation for every seed). A new order changes every
 minibatch, the kNN ties and the cells each sample draws, as another machine's
 rounding changes every sum: what stays the same across the two orders is what a
-user gets on any machine. Reports, per fit, the number of clusters and the ARI
-against the labels; per seed, the ARI between the two orders' clusters (cells
+user gets on any machine. Reports, per fit, the number of clusters, the ARI
+against the labels and the median iLISI; per seed, the ARI between the two orders' clusters (cells
 matched by name); per set, the seed-to-seed sd of the ARI. Targets: the same K in
 both orders, ARI between them >= 0.97, seed-to-seed sd of ARI <= 0.02.
 
@@ -39,19 +39,24 @@ MIN_ARI_BETWEEN = 0.97
 MAX_SEED_SD = 0.02
 
 
-def fit_clusters(adata: ad.AnnData, seed: int) -> tuple[np.ndarray, int, float]:
-    """deepbid's clusters ``(n_obs,)`` of ``adata`` (-1: cells left out), its K, seconds."""
+def fit_clusters(adata: ad.AnnData, seed: int) -> tuple[np.ndarray, int, float, float]:
+    """deepbid's clusters ``(n_obs,)`` of ``adata`` (-1: cells left out), its K, the
+    seconds of the fit and the median iLISI of its embedding."""
     start = time.perf_counter()
     model = DeepBID(seed=seed, progress=False).fit(adata, "batch")
-    return model.clusters(), model.cluster_count, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    cells = model.train_view.cells
+    batch = adata.obs["batch"].astype(str).to_numpy()[cells]
+    ilisi = float(np.median(metrics.lisi(model.latent()[cells], batch)))
+    return model.clusters(), model.cluster_count, seconds, ilisi
 
 
 def both_orders(adata: ad.AnnData, seed: int) -> list[dict]:
-    """One row per order of the cells: K, ARI against the labels, and the ARI between
-    the two orders' clusters on the cells both kept (the same in both rows)."""
+    """One row per order of the cells: K, ARI against the labels, median iLISI, and the
+    ARI between the two orders' clusters on the cells both kept (the same in both rows)."""
     order = np.random.default_rng(ORDER_SEED).permutation(adata.n_obs)
-    given, k_given, s_given = fit_clusters(adata, seed)
-    shuffled, k_shuffled, s_shuffled = fit_clusters(adata[order].copy(), seed)
+    given, k_given, s_given, i_given = fit_clusters(adata, seed)
+    shuffled, k_shuffled, s_shuffled, i_shuffled = fit_clusters(adata[order].copy(), seed)
     back = np.empty_like(shuffled)
     back[order] = shuffled
     labels = adata.obs["cell_type"].astype(str).to_numpy()
@@ -63,11 +68,12 @@ def both_orders(adata: ad.AnnData, seed: int) -> list[dict]:
             "n_clusters": k,
             "ari": metrics.ari(labels[kept], clusters[kept]),
             "ari_between_orders": between,
+            "ilisi_median": ilisi,
             "seconds": seconds,
         }
-        for name, clusters, k, seconds in (
-            ("given", given, k_given, s_given),
-            ("shuffled", back, k_shuffled, s_shuffled),
+        for name, clusters, k, seconds, ilisi in (
+            ("given", given, k_given, s_given, i_given),
+            ("shuffled", back, k_shuffled, s_shuffled, i_shuffled),
         )
     ]
 
