@@ -12,6 +12,7 @@ both orders, ARI between them >= 0.97, seed-to-seed sd of ARI <= 0.02.
 
     python benchmarks/stability.py                      # all sets, seeds 0-2
     python benchmarks/stability.py --only sc_mixology_3cl --seeds 1 --out /tmp/s
+    python benchmarks/stability.py --tables-from a/stability.csv b/stability.csv
 
 Writes ``results/stability.csv`` (one row per set x seed x order) and
 ``results/stability.md``.
@@ -91,8 +92,9 @@ def table(results: pd.DataFrame) -> str:
         "",
         "| set | "
         + " | ".join(f"seed {s}" for s in sorted(results["seed"].unique()))
-        + " | same K | min ARI between | sd of ARI over seeds | targets met |",
-        "|---|" + "---|" * (results["seed"].nunique() + 4),
+        + " | same K | min ARI between | sd of ARI over seeds | targets met "
+        + "| mean ARI / iLISI (as given) |",
+        "|---|" + "---|" * (results["seed"].nunique() + 5),
     ]
     for name, rows in results.groupby("dataset", sort=False):
         cells, same_k = [], True
@@ -107,10 +109,12 @@ def table(results: pd.DataFrame) -> str:
         # the sd over seeds of each order's ARI; the larger of the two
         sd = rows.groupby("order")["ari"].std(ddof=1).max()
         met = same_k and low >= MIN_ARI_BETWEEN and sd <= MAX_SEED_SD
+        given = rows[rows["order"] == "given"]
         lines.append(
             f"| {name} | "
             + " | ".join(cells)
-            + f" | {'yes' if same_k else 'no'} | {low:.3f} | {sd:.3f} | {'yes' if met else 'no'} |"
+            + f" | {'yes' if same_k else 'no'} | {low:.3f} | {sd:.3f} | {'yes' if met else 'no'}"
+            + f" | {given['ari'].mean():.3f} / {given['ilisi_median'].mean():.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -120,7 +124,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", nargs="+", help="dataset or scenario names")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument(
+        "--tables-from",
+        nargs="+",
+        metavar="CSV",
+        help="fit nothing: write the table of these runs' rows together (sets run apart)",
+    )
     args = parser.parse_args()
+    if args.tables_from:
+        write(pd.concat([pd.read_csv(f) for f in args.tables_from]), Path(args.out))
+        return
     stamp = provenance()
     rows = []
     for name, load in datasets(args.only).items():
@@ -137,9 +150,12 @@ def main() -> None:
                         },
                         flush=True,
                     )
-    out = Path(args.out)
+    write(pd.DataFrame(rows), Path(args.out))
+
+
+def write(results: pd.DataFrame, out: Path) -> None:
+    """``stability.csv`` (one row per set, seed and order) and ``stability.md`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    results = pd.DataFrame(rows)
     results.to_csv(out / "stability.csv", index=False)
     text = table(results)
     (out / "stability.md").write_text(text)
