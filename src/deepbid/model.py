@@ -87,7 +87,7 @@ class DeepBID:
         paper does. ``settings`` given beside it override its values.
     **settings
         Any field of :class:`~deepbid.settings.Settings` (``latent_dim``, ``epochs``,
-        ``kappa2``, ``kappa_local``, ...); the defaults live there.
+        ``kappa1``, ``final_alignment``, ...); the defaults live there.
     seed
         Seeds every random choice; the same seed gives the same result on one machine,
         on the CPU and on CUDA (checked on an H100; README, "Scale"). The CPU and CUDA
