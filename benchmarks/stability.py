@@ -83,8 +83,10 @@ def table(results: pd.DataFrame) -> str:
     """Markdown: per set, K and ARI of each seed in both orders, the ARI between the
     orders, the seed-to-seed sd, and whether the targets are met."""
     stamp = results.iloc[0]
+    # rows of several runs (--tables-from) name every commit that made them
+    commits = " + ".join(dict.fromkeys(results["commit"].astype(str)))
     lines = [
-        f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores, "
+        f"commit {commits}, {stamp['date']}, {stamp['cores']} cores, "
         f"{stamp['threads']} torch thread(s); defaults, K "
         "estimated; each seed fitted with the cells as given and in one shuffled order.",
         "",
@@ -122,6 +124,7 @@ def table(results: pd.DataFrame) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one on")
     parser.add_argument("--only", nargs="+", help="dataset or scenario names")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument(
@@ -138,7 +141,7 @@ def main() -> None:
     rows = []
     for name, load in datasets(args.only).items():
         adata = load()
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 for row in both_orders(adata, seed):

@@ -345,14 +345,3 @@ def test_a_verdict_near_the_level_does_not_rest_on_one_halving():
     y = _two_groups(8.0, seed=2)
     for r in range(3):
         assert k_estimate._mode_test(y, np.random.default_rng(100 + r), r)[0] <= alpha
-
-
-def test_near_ties_go_to_the_partition_the_scan_agrees_with_most():
-    """Of the partitions within noise of the best score, the one with the most support
-    in the scan wins, not the finest; without support to count, the finest."""
-    scores = np.array([0.1865, 0.1859, 0.1830, 0.1500, -np.inf])
-    counts = np.array([9, 10, 9, 6, 12])
-    agreement = [0.874, 0.866, 0.879, 0.70, float("nan")]
-    assert k_estimate._consensus_of_near_best(scores, counts, agreement) == 2
-    unknown = [float("nan")] * 5
-    assert k_estimate._consensus_of_near_best(scores, counts, unknown) == 1

@@ -18,7 +18,7 @@ _spec.loader.exec_module(readme_tables)
 def test_every_block_equals_its_results_file(document):
     text = document.read_text()
     found = readme_tables.blocks(text)
-    assert found, f"{document} has no results block"
+    assert found or document != readme_tables.README, "README.md has no results block"
     regenerated = readme_tables.blocks(readme_tables.render(text))
     for name, body in found.items():
         assert body == regenerated[name], (

@@ -4,9 +4,9 @@ The number of clusters is usually unknown. :func:`estimate_partition` runs
 Leiden over a grid of resolutions on two graphs of the pretrained latent
 codes: the plain kNN graph, and a batch-balanced one (every cell linked to its
 nearest cells *in every batch*). It scores each partition by how well it
-separates cells within their own batch (mean within-batch silhouette); of the
-partitions whose score is within :data:`SILHOUETTE_TOLERANCE` of the best, it keeps
-the one the rest of the scan agrees with most (mean ARI). Silhouette favours the coarsest
+separates cells within their own batch (mean within-batch silhouette) and
+keeps the finest partition whose score is within
+:data:`SILHOUETTE_TOLERANCE` of the best. Silhouette favours the coarsest
 strong division, so a partition the rest of the scan reproduces least (its mean
 ARI with the other partitions in the scan's lowest quarter,
 :func:`scan_outliers`) is not chosen however it scores. Each graph covers the other's
@@ -274,28 +274,13 @@ def estimate_partition(h: np.ndarray, batch: np.ndarray, seed: int) -> tuple[np.
     # of the scan finds again and again
     report["agreement"], report["outlier"] = scan_outliers(partitions, np.isfinite(scores))
     scores[report["outlier"]] = -np.inf
-    report["chosen"] = _consensus_of_near_best(scores, counts, report["agreement"])
-    return partitions[report["chosen"]], report
-
-
-def _consensus_of_near_best(scores: np.ndarray, counts: np.ndarray, agreement: list[float]) -> int:
-    """Index of the partition chosen among those scoring within noise of the best
-    (``SILHOUETTE_TOLERANCE``): the one the rest of the scan reproduces most (its
-    ``agreement``, mean ARI with the other candidates), the finest where the scan is too
-    small to tell.
-
-    Within noise the scores do not order the partitions. The finest of them depends on
-    which partitions the scan reaches at its highest resolutions, which changes with any
-    detail of the embedding (pancreas, one seed: K 10 with the cells as given, where the
-    scan of a shuffled order reached no 10). The partition most of the scan agrees with
-    is the one other runs find too.
-    """
+    # the finest partition whose score is within noise of the best: merging two
+    # real cell types is worse than splitting one, which a user can undo
     near_best = np.flatnonzero(scores >= scores.max() - SILHOUETTE_TOLERANCE)
-    support = np.asarray(agreement, dtype=float)[near_best]
-    if np.isfinite(support).any():
-        return int(near_best[np.nanargmax(support)])
     finest = near_best[counts[near_best] == counts[near_best].max()]
-    return int(finest[np.argmax(scores[finest])])
+    chosen = int(finest[np.argmax(scores[finest])])
+    report["chosen"] = chosen
+    return partitions[chosen], report
 
 
 def scan_outliers(
