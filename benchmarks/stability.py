@@ -98,9 +98,14 @@ def table(results: pd.DataFrame) -> str:
         + "| mean ARI / iLISI (as given) |",
         "|---|" + "---|" * (results["seed"].nunique() + 5),
     ]
+    seeds = sorted(results["seed"].unique())
     for name, rows in results.groupby("dataset", sort=False):
         cells, same_k = [], True
-        for _, pair in rows.groupby("seed"):
+        for seed in seeds:
+            pair = rows[rows["seed"] == seed]
+            if pair.empty:
+                cells.append("not run")
+                continue
             given, shuffled = (pair[pair["order"] == o].iloc[0] for o in ("given", "shuffled"))
             same_k &= given["n_clusters"] == shuffled["n_clusters"]
             cells.append(
@@ -108,17 +113,23 @@ def table(results: pd.DataFrame) -> str:
                 f"{shuffled['ari']:.3f}, between {given['ari_between_orders']:.3f}"
             )
         low = rows["ari_between_orders"].min()
-        # the sd over seeds of each order's ARI; the larger of the two
+        # the sd over seeds of each order's ARI, the larger of the two: unknown (NaN)
+        # from one seed, and then no verdict
         sd = rows.groupby("order")["ari"].std(ddof=1).max()
         met = same_k and low >= MIN_ARI_BETWEEN and sd <= MAX_SEED_SD
+        verdict = "–" if np.isnan(sd) else ("yes" if met else "no")
         given = rows[rows["order"] == "given"]
         lines.append(
             f"| {name} | "
             + " | ".join(cells)
-            + f" | {'yes' if same_k else 'no'} | {low:.3f} | {sd:.3f} | {'yes' if met else 'no'}"
-            + f" | {given['ari'].mean():.3f} / {given['ilisi_median'].mean():.2f} |"
+            + f" | {'yes' if same_k else 'no'} | {low:.3f} | {_number(sd, 3)} | {verdict}"
+            + f" | {given['ari'].mean():.3f} / {_number(given['ilisi_median'].mean(), 2)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float, digits: int) -> str:
+    return "–" if np.isnan(value) else f"{value:.{digits}f}"
 
 
 def main() -> None:
