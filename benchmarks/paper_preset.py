@@ -26,7 +26,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-from quality import datasets, provenance
+from quality import datasets, provenance, save
 
 from deepbid import DeepBID, metrics
 
@@ -110,7 +110,7 @@ def main() -> None:
     if args.paper_from:
         earlier = pd.read_csv(args.paper_from)
         rows += earlier[earlier["configuration"].str.startswith("paper")].to_dict("records")
-        write(pd.DataFrame(rows), Path(args.out))
+        save(pd.DataFrame(rows), Path(args.out), "paper_preset", table(pd.DataFrame(rows)))
         return
     stamp = provenance()
     for name, load in datasets(args.only).items():
@@ -122,16 +122,7 @@ def main() -> None:
                     row = fit_and_score(adata, seed, paper)
                 rows.append({"dataset": name, "seed": seed, **row, **stamp})
                 print(rows[-1], flush=True)
-    write(pd.DataFrame(rows), Path(args.out))
-
-
-def write(results: pd.DataFrame, out: Path) -> None:
-    """``paper_preset.csv`` and ``paper_preset.md`` in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    results.to_csv(out / "paper_preset.csv", index=False)
-    text = table(results)
-    (out / "paper_preset.md").write_text(text)
-    print(text)
+    save(pd.DataFrame(rows), Path(args.out), "paper_preset", table(pd.DataFrame(rows)))
 
 
 if __name__ == "__main__":

@@ -311,10 +311,15 @@ def main() -> None:
 
 def write(results: pd.DataFrame, out: Path, ablation: bool) -> None:
     """Write ``results`` (one row per dataset x seed x variant) and its table to ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
     stem = "ablation" if ablation else "quality"
+    save(results, out, stem, ablation_table(results) if ablation else summary(results))
+
+
+def save(results: pd.DataFrame, out: Path, stem: str, text: str) -> None:
+    """``stem.csv`` (the rows of ``results``) and ``stem.md`` (their table, ``text``) in
+    ``out``; the table is printed too."""
+    out.mkdir(parents=True, exist_ok=True)
     results.to_csv(out / f"{stem}.csv", index=False)
-    text = ablation_table(results) if ablation else summary(results)
     (out / f"{stem}.md").write_text(text)
     print(text)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-from quality import datasets, provenance
+from quality import datasets, provenance, save
 
 from deepbid import DeepBID, metrics
 
@@ -146,7 +146,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.tables_from:
-        write(pd.concat([pd.read_csv(f) for f in args.tables_from]), Path(args.out))
+        results = pd.concat([pd.read_csv(f) for f in args.tables_from])
+        save(results, Path(args.out), "stability", table(results))
         return
     stamp = provenance()
     rows = []
@@ -164,16 +165,7 @@ def main() -> None:
                         },
                         flush=True,
                     )
-    write(pd.DataFrame(rows), Path(args.out))
-
-
-def write(results: pd.DataFrame, out: Path) -> None:
-    """``stability.csv`` (one row per set, seed and order) and ``stability.md`` in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    results.to_csv(out / "stability.csv", index=False)
-    text = table(results)
-    (out / "stability.md").write_text(text)
-    print(text)
+    save(pd.DataFrame(rows), Path(args.out), "stability", table(pd.DataFrame(rows)))
 
 
 if __name__ == "__main__":
