@@ -197,10 +197,9 @@ class DeepBID:
         trainer = self._new_trainer(view)
         with self._progress_bar() as bar:
             trainer.pretrain(view, bar)
-            labels = self._initial_partition(view)
-            centres, p = trainer.cluster(
-                view, self._encode(view), labels, bar, self._repartition(view)
-            )
+            h = self._encode(view)
+            labels = self._initial_partition(h, view.batch_codes)
+            centres, p = trainer.cluster(view, h, labels, bar, self._repartition(view))
             trainer.fit_decoder(view, bar)
         self.centres, self.temperature = centres.cpu(), trainer.temperature
         self.log_weights = None if trainer.log_weights is None else trainer.log_weights.cpu()
@@ -245,12 +244,13 @@ class DeepBID:
     def _encode(self, view: DataView) -> torch.Tensor:
         return embed(self.module, view, self.device)
 
-    def _initial_partition(self, view: DataView) -> np.ndarray:
-        """Hard labels ``(n,)`` of the pretrained codes that fuzzy k-means starts from:
-        the K rule's partition, or one with the given K; the rule's report is kept."""
+    def _initial_partition(self, h: torch.Tensor, batch: np.ndarray) -> np.ndarray:
+        """Hard labels ``(n,)`` of the ``(n, d)`` pretrained codes ``h`` of cells of the
+        batches ``batch`` that fuzzy k-means starts from: the K rule's partition, or one
+        with the given K; the rule's report is kept."""
         labels, report = k_estimate.initial_partition(
-            self._encode(view).cpu().numpy(),
-            view.batch_codes,
+            h.cpu().numpy(),
+            batch,
             self.n_clusters,
             self.seed,
             self.settings.leiden_start,
