@@ -35,7 +35,7 @@ def test_the_documents_hold_the_headline_tables():
         for page in ("method.md", "benchmarks.md")
         for name in readme_tables.blocks((docs / page).read_text())
     }
-    assert {"quality", "stability", "ablation", "compare"} <= found
+    assert {"quality", "stability", "ablation", "paper_preset", "compare"} <= found
 
 
 def test_render_fills_blocks_from_files(tmp_path):
