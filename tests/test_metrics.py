@@ -34,3 +34,19 @@ def test_batch_asw_and_graph_connectivity():
 def test_ari_nmi():
     assert metrics.ari([0, 0, 1, 1], [1, 1, 0, 0]) == 1.0
     assert metrics.nmi([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "score",
+    [
+        lambda x, b, t: metrics.lisi(x, b[:-1]),
+        lambda x, b, t: metrics.batch_asw(x, b, t[:-1]),
+        lambda x, b, t: metrics.graph_connectivity(x, t[:-1]),
+        lambda x, b, t: metrics.scores(x, t, b[:-1], t),
+        lambda x, b, t: metrics.ari(t, t[:-1]),
+    ],
+)
+def test_labels_of_other_cells_raise_the_documented_value_error(score):
+    x, types, batch = _blobs(True)
+    with pytest.raises(ValueError):
+        score(x, batch, types)

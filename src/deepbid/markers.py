@@ -78,12 +78,19 @@ def markers(
 
     Returns
     -------
-    With ``label_key``, one row per cluster: ``n_cells``, the reference label it
-    is matched to one-to-one (Hungarian assignment on the contingency table,
-    empty for clusters left unmatched), ``matched_cells``, ``shared_markers``
-    (in both top lists) and ``new_markers`` (the cluster's only). The
-    contingency table is stored in ``adata.uns["deepbid_contingency"]`` and
-    this table in ``adata.uns["deepbid_markers"]``.
+    pandas.DataFrame or None
+        With ``label_key``, one row per cluster: ``n_cells``, the reference label it
+        is matched to one-to-one (Hungarian assignment on the contingency table,
+        empty for clusters left unmatched), ``matched_cells``, ``shared_markers``
+        (in both top lists) and ``new_markers`` (the cluster's only). The
+        contingency table is stored in ``adata.uns["deepbid_contingency"]`` and
+        this table in ``adata.uns["deepbid_markers"]``. ``None`` without
+        ``label_key``.
+
+    Raises
+    ------
+    InputError
+        When ``groupby`` or ``label_key`` is not a column of ``adata.obs``.
     """
     for key in (groupby, label_key):
         if key is not None and key not in adata.obs.columns:

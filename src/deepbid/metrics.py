@@ -10,13 +10,53 @@ from sklearn.neighbors import NearestNeighbors
 from .neighbors import knn
 
 
+def _same_length(*arrays: np.ndarray) -> None:
+    """Raise ``ValueError`` unless every array has as many rows as the first: a label
+    array of other cells would otherwise be scored silently (or fail deep in numpy)."""
+    lengths = [len(a) for a in arrays]
+    if len(set(lengths)) > 1:
+        raise ValueError(f"the arrays must describe the same cells; their lengths: {lengths}")
+
+
 def ari(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
-    """Adjusted Rand index of two labelings of the same cells."""
+    """Adjusted Rand index of two labelings of the same cells.
+
+    Parameters
+    ----------
+    labels_true, labels_pred
+        ``(n,)`` labels of the same cells, of any hashable type.
+
+    Returns
+    -------
+    float
+        1 for identical partitions, about 0 for independent ones.
+
+    Raises
+    ------
+    ValueError
+        When the arrays differ in length (scikit-learn's check).
+    """
     return float(adjusted_rand_score(labels_true, labels_pred))
 
 
 def nmi(labels_true: np.ndarray, labels_pred: np.ndarray) -> float:
-    """Normalised mutual information (arithmetic mean normalisation)."""
+    """Normalised mutual information of two labelings (arithmetic mean normalisation).
+
+    Parameters
+    ----------
+    labels_true, labels_pred
+        ``(n,)`` labels of the same cells, of any hashable type.
+
+    Returns
+    -------
+    float
+        In [0, 1]; 1 for identical partitions.
+
+    Raises
+    ------
+    ValueError
+        When the arrays differ in length (scikit-learn's check).
+    """
     return float(normalized_mutual_info_score(labels_true, labels_pred))
 
 
@@ -51,10 +91,26 @@ def lisi(x: np.ndarray, labels: np.ndarray, perplexity: float = 30.0) -> np.ndar
     harmonypy's), ``beta`` calibrated to the perplexity. iLISI uses batch labels
     (higher is better mixing), cLISI cell types (1 is perfect separation).
 
+    Parameters
+    ----------
+    x
+        ``(n, d)`` embedding.
+    labels
+        ``(n,)`` batch labels (iLISI) or cell types (cLISI).
+    perplexity
+        Effective number of neighbours weighed (at most a third of ``n - 1``).
+
     Returns
     -------
-    ``(n,)`` scores between 1 and the number of labels.
+    numpy.ndarray
+        ``(n,)`` scores between 1 and the number of labels.
+
+    Raises
+    ------
+    ValueError
+        When ``labels`` and ``x`` differ in length.
     """
+    _same_length(x, labels)
     codes = pd.Categorical(labels).codes
     k = int(min(3 * perplexity, x.shape[0] - 1))
     idx, dist = knn(x, k + 1)
@@ -71,8 +127,31 @@ def scores(
     batch: np.ndarray,
     labels: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The table deepbid reports: ARI and NMI of ``clusters`` against ``labels``
-    (when given), median iLISI of ``batch`` and median cLISI of ``labels``."""
+    """The scores deepbid reports for one embedding and its clusters.
+
+    Parameters
+    ----------
+    embedding
+        ``(n, d)`` integrated embedding.
+    clusters
+        ``(n,)`` cluster labels.
+    batch
+        ``(n,)`` batch labels.
+    labels
+        ``(n,)`` known cell types, or ``None``.
+
+    Returns
+    -------
+    dict
+        ``ilisi_median``; with ``labels`` also ``ari`` and ``nmi`` of ``clusters``
+        against them and ``clisi_median``.
+
+    Raises
+    ------
+    ValueError
+        When the arrays differ in length.
+    """
+    _same_length(embedding, clusters, batch, *([] if labels is None else [labels]))
     out = {"ilisi_median": float(np.median(lisi(embedding, batch)))}
     if labels is not None:
         out = {
@@ -90,9 +169,29 @@ def batch_asw(x: np.ndarray, batch: np.ndarray, labels: np.ndarray) -> float:
     Within each cell type, the silhouette of the batch labels is computed for each
     cell, turned into ``1 - |s|`` and averaged over the cells of the type; the result
     is the mean over cell types present in more than one batch.
+
+    Parameters
+    ----------
+    x
+        ``(n, d)`` embedding.
+    batch
+        ``(n,)`` batch labels.
+    labels
+        ``(n,)`` cell types.
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN when no cell type is held by two batches.
+
+    Raises
+    ------
+    ValueError
+        When the arrays differ in length.
     """
     from sklearn.metrics import silhouette_samples
 
+    _same_length(x, batch, labels)
     per_type = []
     for label in np.unique(labels):
         members = labels == label
@@ -111,9 +210,29 @@ def graph_connectivity(x: np.ndarray, labels: np.ndarray, n_neighbors: int = 15)
     This is scib-metrics' definition (a cell's out-edges go to its own nearest
     neighbours, so a small group whose neighbours all lie elsewhere is cut off);
     the test suite checks the two agree.
+
+    Parameters
+    ----------
+    x
+        ``(n, d)`` embedding.
+    labels
+        ``(n,)`` cell types.
+    n_neighbors
+        Neighbours per cell, the cell itself included.
+
+    Returns
+    -------
+    float
+        In (0, 1].
+
+    Raises
+    ------
+    ValueError
+        When the arrays differ in length.
     """
     from scipy.sparse.csgraph import connected_components
 
+    _same_length(x, labels)
     graph = NearestNeighbors(n_neighbors=min(n_neighbors, x.shape[0])).fit(x)
     adjacency = graph.kneighbors_graph(x)
     shares = []

@@ -343,10 +343,19 @@ class DeepBID:
 
         Returns
         -------
-        A new model, this one's reference plus the query's batches, whose training
-        cells are the query's: ``latent()``, ``clusters()``, ``membership()`` and
-        ``denoised()`` give the query's results, and :func:`deepbid.write_results`
-        writes them into ``query``. This model is not changed.
+        DeepBID
+            A new model, this one's reference plus the query's batches, whose training
+            cells are the query's: ``latent()``, ``clusters()``, ``membership()`` and
+            ``denoised()`` give the query's results, and :func:`deepbid.write_results`
+            writes them into ``query``. This model is not changed.
+
+        Raises
+        ------
+        RuntimeError
+            When this model is neither trained nor loaded.
+        InputError
+            When ``query`` lacks the batch key, the layer or the model's genes, or
+            holds values :func:`deepbid.integrate` refuses.
         """
         self._check_fitted()
         batch_key = self.batch_key if batch_key is None else batch_key
@@ -453,9 +462,28 @@ class DeepBID:
             raise RuntimeError("the model is not trained: call fit() or DeepBID.load() first")
 
     def data_view(self, adata: ad.AnnData | None = None) -> DataView:
-        """The :class:`~deepbid.data.DataView` the model works on: the training view
-        for ``None``, else ``adata``'s cells on the model's genes and batches (read from
-        its ``batch_key`` and ``layer``)."""
+        """The :class:`~deepbid.data.DataView` the model works on.
+
+        Parameters
+        ----------
+        adata
+            Cells to work on: raw counts on at least the model's genes, with the model's
+            ``batch_key`` in ``obs`` (and its ``layer``); ``None``: the training cells.
+
+        Returns
+        -------
+        DataView
+            The training view for ``None``, else ``adata``'s ``n_obs`` cells on the
+            model's genes and batches.
+
+        Raises
+        ------
+        RuntimeError
+            When the model is neither trained nor loaded.
+        InputError
+            When ``adata`` lacks the model's genes, batch key or layer or holds values
+            :func:`deepbid.integrate` refuses, or when a loaded model gets no ``adata``.
+        """
         self._check_fitted()
         if adata is None:
             if self.train_view is None:
@@ -526,16 +554,56 @@ class DeepBID:
         return k_estimate.divide(z, p, self.divisions).astype(np.float32)
 
     def latent(self, adata: ad.AnnData | None = None) -> np.ndarray:
-        """Integrated embedding ``(n_obs, latent_dim)`` of the training cells, or of
-        ``adata``'s cells (the model's genes, its batches); NaN rows for cells with
-        zero counts."""
+        """Integrated embedding of the training cells or of ``adata``'s cells.
+
+        Parameters
+        ----------
+        adata
+            Cells to work on: raw counts on at least the model's genes, with the model's
+            ``batch_key`` in ``obs`` (and its ``layer``); ``None``: the training cells.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_obs, latent_dim)`` float32; NaN rows for cells with zero counts.
+
+        Raises
+        ------
+        RuntimeError
+            When the model is neither trained nor loaded.
+        InputError
+            When ``adata`` lacks the model's genes, batch key or layer or holds values
+            :func:`deepbid.integrate` refuses, or when a loaded model gets no ``adata``.
+        """
         view = self.data_view(adata)
         return self._rows(view, self._latent(view))
 
     def membership(self, adata: ad.AnnData | None = None) -> np.ndarray:
-        """Soft cluster assignments ``P`` ``(n_obs, K)``: the final mixture's posteriors
-        on the integrated embedding (``final_mixture``), else eq. (14) on the codes; NaN
-        rows for cells with zero counts."""
+        """Soft cluster assignments ``P``.
+
+        The final mixture's posteriors on the integrated embedding (``final_mixture``),
+        else eq. (14) on the codes.
+
+        Parameters
+        ----------
+        adata
+            Cells to work on: raw counts on at least the model's genes, with the model's
+            ``batch_key`` in ``obs`` (and its ``layer``); ``None``: the training cells.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_obs, K)`` float32, rows summing to 1; NaN rows for cells with zero
+            counts.
+
+        Raises
+        ------
+        RuntimeError
+            When the model is neither trained nor loaded.
+        InputError
+            When ``adata`` lacks the model's genes, batch key or layer or holds values
+            :func:`deepbid.integrate` refuses, or when a loaded model gets no ``adata``.
+        """
         view = self.data_view(adata)
         return self._rows(view, self._p(view))
 
@@ -550,8 +618,27 @@ class DeepBID:
         return int(self.mixture.means.shape[0]) + k_estimate.new_parts(self.divisions)
 
     def clusters(self, adata: ad.AnnData | None = None) -> np.ndarray:
-        """Hard cluster labels ``(n_obs,)``, the argmax of :meth:`membership`; -1 for
-        cells with zero counts."""
+        """Hard cluster labels, the argmax of :meth:`membership`.
+
+        Parameters
+        ----------
+        adata
+            Cells to work on: raw counts on at least the model's genes, with the model's
+            ``batch_key`` in ``obs`` (and its ``layer``); ``None``: the training cells.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n_obs,)`` integers in ``0 .. K-1``; -1 for cells with zero counts.
+
+        Raises
+        ------
+        RuntimeError
+            When the model is neither trained nor loaded.
+        InputError
+            When ``adata`` lacks the model's genes, batch key or layer or holds values
+            :func:`deepbid.integrate` refuses, or when a loaded model gets no ``adata``.
+        """
         view = self.data_view(adata)
         return self._rows(view, self._p(view).argmax(axis=1), fill=-1)
 
@@ -585,7 +672,16 @@ class DeepBID:
 
         Returns
         -------
-        Float32 array, NaN rows for cells with zero counts.
+        numpy.ndarray
+            ``(n_obs, n_genes)`` float32; NaN rows for cells with zero counts.
+
+        Raises
+        ------
+        RuntimeError
+            When the model is neither trained nor loaded.
+        InputError
+            When ``library_size`` is not positive, a batch of ``transform_batch`` is
+            not one of the model's, or ``adata`` fails the checks of :meth:`latent`.
         """
         view = self.data_view(adata)
         if library_size is not None and not library_size > 0:
@@ -624,7 +720,21 @@ class DeepBID:
     # -- persistence -----------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the trained model to one file (written to a temporary name, then renamed)."""
+        """Write the trained model to one file.
+
+        The file is written under a temporary name and then renamed, so an interrupted
+        save never leaves a half-written model.
+
+        Parameters
+        ----------
+        path
+            File to write (by convention ``.pt``); :meth:`load` reads it.
+
+        Raises
+        ------
+        RuntimeError
+            When the model is neither trained nor loaded.
+        """
         self._check_fitted()
         state = {
             "format": FORMAT,
@@ -726,7 +836,19 @@ class DeepBID:
         return model
 
     def settings_dict(self) -> dict:
-        """Everything needed to reproduce the run, for ``uns``."""
+        """Everything needed to reproduce the run, as written to ``uns["deepbid"]``.
+
+        Returns
+        -------
+        dict
+            The settings, the number of clusters found and given, the preset, the
+            membership temperature and the mixture's variance.
+
+        Raises
+        ------
+        RuntimeError
+            When the model is neither trained nor loaded.
+        """
         return {
             **self.settings.to_dict(),
             "n_clusters": self.cluster_count,

@@ -101,11 +101,12 @@ def transfer_labels(
 
     Returns
     -------
-    The ``(K, n_labels)`` label shares of the clusters, ``q_kl = sum_i P_ik [l_i = l] /
-    sum_i P_ik`` over the labelled cells (rows of clusters without labelled cells are
-    zero). Writes ``obs[f"{label_key}_{key}"]`` (categorical: given labels kept, the
-    others transferred or ``"unassigned"``) and ``obs[f"{label_key}_{key}_confidence"]``
-    (NaN where the label was given).
+    pandas.DataFrame
+        The ``(K, n_labels)`` label shares of the clusters,
+        ``q_kl = sum_i P_ik [l_i = l] / sum_i P_ik`` over the labelled cells (rows of
+        clusters without labelled cells are zero). Writes ``obs[f"{label_key}_{key}"]``
+        (categorical: given labels kept, the others transferred or ``"unassigned"``)
+        and ``obs[f"{label_key}_{key}_confidence"]`` (NaN where the label was given).
 
     Raises
     ------

@@ -17,6 +17,16 @@ def mixology_3cl() -> ad.AnnData:
     Raw UMI counts in ``X``; ``obs['batch']`` is the protocol (CEL-seq2,
     Drop-seq), ``obs['cell_type']`` the cell line. Provenance and licence:
     ``datasets/README.md`` in the package (Tian et al. 2019, GEO GSE118767, MIT).
+
+    Returns
+    -------
+    anndata.AnnData
+        ``(499, n_genes)``, a fresh copy read from the package at each call.
+
+    Raises
+    ------
+    OSError
+        When the packaged file is missing or unreadable (a broken installation).
     """
     with as_file(files(__name__) / "sc_mixology_3cl.h5ad") as path:
         return ad.read_h5ad(path)
@@ -107,22 +117,29 @@ def simulate(
 
     Returns
     -------
-    ``(n_cells, n_genes)`` AnnData:
+    anndata.AnnData
+        ``(n_cells, n_genes)``:
 
-    - ``X``: CSR float32 counts;
-    - ``obs['batch']``, ``obs['cell_type']``: categorical ``"batch<b>"``, ``"type<t>"``;
-    - ``obs['library']``: float64 ``(n_cells,)``, the expected library size of each
-      cell (the sum of its true means; its counts sum to about this);
-    - ``uns['simulate']``: the generating parameters, a dict of
-      ``type_log_profile``, float32 ``(n_types, n_genes)``, the log expression of
-      each type before the batch effect (base profile plus the type's changes);
-      ``batch_log_scale``, float32 ``(n_batches, n_genes)``, each batch's log scale
-      of every gene; and ``dispersion``. The true mean of cell ``i`` of type ``t``
-      in batch ``b`` is
-      ``softmax(type_log_profile[t] + batch_log_scale[b]) * library[i]``, and
-      ``softmax(type_log_profile[t])`` its batch-free expression profile;
-    - ``layers['true_mean']`` (only with ``true_means=True``): dense float32
-      ``(n_cells, n_genes)``, the NB mean of every count, batch effect included.
+        - ``X``: CSR float32 counts;
+        - ``obs['batch']``, ``obs['cell_type']``: categorical ``"batch<b>"``, ``"type<t>"``;
+        - ``obs['library']``: float64 ``(n_cells,)``, the expected library size of each
+          cell (the sum of its true means; its counts sum to about this);
+        - ``uns['simulate']``: the generating parameters, a dict of
+          ``type_log_profile``, float32 ``(n_types, n_genes)``, the log expression of
+          each type before the batch effect (base profile plus the type's changes);
+          ``batch_log_scale``, float32 ``(n_batches, n_genes)``, each batch's log scale
+          of every gene; and ``dispersion``. The true mean of cell ``i`` of type ``t``
+          in batch ``b`` is
+          ``softmax(type_log_profile[t] + batch_log_scale[b]) * library[i]``, and
+          ``softmax(type_log_profile[t])`` its batch-free expression profile;
+        - ``layers['true_mean']`` (only with ``true_means=True``): dense float32
+          ``(n_cells, n_genes)``, the NB mean of every count, batch effect included.
+
+    Raises
+    ------
+    ValueError
+        When ``mixtures`` are not ``n_types`` rows of non-negative weights, or are
+        combined with ``close_pairs`` or ``families``.
     """
     if mixtures is not None:
         weights = _mixture_weights(mixtures, n_types, close_pairs or families)
