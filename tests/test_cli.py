@@ -75,7 +75,7 @@ def test_integrate_writes_h5ad_metrics_and_figures(h5ad, tmp_path, capsys):
     table = pd.read_csv(out.with_suffix(".metrics.csv"), index_col=0)
     assert {"ari", "nmi", "ilisi_median", "clisi_median"} <= set(table.columns)
     assert list(table.index) == ["unintegrated PCA + Leiden", "deepbid"]
-    for name in ("umap_before.png", "umap_after.png", "loss_curves.png"):
+    for name in ("umap_before.png", "umap_after.png", "loss_curves.png", "k_choice.png"):
         assert (figures / name).stat().st_size > 10_000
     assert "deepbid" in capsys.readouterr().out
 

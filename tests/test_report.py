@@ -8,11 +8,12 @@ import base64
 import html.parser
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
 
-from deepbid import plotting
+from deepbid import k_estimate, plotting
 from deepbid.cli import main
 from deepbid.markers import compare, markers
 from deepbid.report import FIGURES
@@ -89,22 +90,52 @@ def test_report_page_embeds_every_figure(small, tmp_path, label):
     parser = _Images()
     parser.feed((tmp_path / "report" / "report.html").read_text())
     assert len(parser.sources) == len(FIGURES)
-    for src in parser.sources:
+    for name, src in zip(FIGURES, parser.sources, strict=True):
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
         png = base64.b64decode(src[len(prefix) :])
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+        # with K given, the K figure is one line of text: how the start was found
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > (
+            2000 if name == "k_choice.png" else 5000
+        )
     assert "Metrics" in parser.headings and "Settings" in parser.headings
     assert ("Clusters against cell_type" in parser.headings) == label
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert "rank_genes_groups" in out.uns
     assert ("deepbid_markers" in out.uns) == label
-    # the loss panels draw every phase's losses, not its step counts and timings
+    # one loss panel per phase: its total and its weighted terms, which sum to it,
+    # and none of its bookkeeping (steps, timings, membership change, temperature)
     history = out.uns["deepbid"]["history"]
-    drawn_terms = {term for _, term, _ in plotting.loss_panels(history)}
-    assert {"nb", "total"} <= drawn_terms and not drawn_terms & {"seconds", "steps"}
+    panels = dict(plotting.loss_panels(history))
+    # the phases in the order they ran, though the file sorts its keys
+    assert list(panels) == ["pretrain_outer", "pretrain_inner", "pretrain", "cluster", "decoder"]
+    cluster = panels["cluster"]
+    assert {"total", "nb", "kmeans"} <= set(cluster)
+    assert not set(cluster) & {"seconds", "steps", "membership_change", "temperature"}
+    terms = sum(np.asarray(v) for t, v in cluster.items() if t != "total")
+    np.testing.assert_allclose(terms, cluster["total"], rtol=1e-5)
     assert len(history["cluster"]["seconds"]) == 3  # recorded, only not drawn
     assert ("Labels transferred to partial_deepbid" in parser.headings) == label
     if label:
         transferred = out.obs["partial_deepbid"].astype(str)[hidden]
         assert (transferred == out.obs["cell_type"].astype(str)[hidden]).mean() > 0.8
+
+
+def test_k_choice_draws_the_scan_that_chose_k(tmp_path):
+    # three separated types in two batches: the K rule's scan finds them
+    rng = np.random.default_rng(0)
+    types = np.repeat([0, 1, 2], 120)
+    batch = np.tile([0, 1], 180)
+    codes = np.eye(3)[types] @ rng.normal(0, 6, (3, 10)) + rng.normal(size=(360, 10))
+    labels, report = k_estimate.estimate_partition(codes.astype(np.float32), batch, seed=0)
+    assert labels.max() + 1 == 3 and report["n_clusters"][report["chosen"]] == 3
+    divided = {"cluster": [0, 1, 2], "cells": [120] * 3, "p_value": [0.5, 1e-3, 0.9]}
+    divided["divided"] = [False, True, False]
+    estimated = plotting.k_choice(
+        {"pretrained": report, "divided": divided}, 4, tmp_path / "estimated.png"
+    )
+    given = plotting.k_choice({"pretrained": {"resolution": 0.3}}, 3, tmp_path / "given.png")
+    for path in (estimated, given):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a scan panel and a panel of the tests for two modes, against one panel for K given
+    assert estimated.stat().st_size > 1.5 * given.stat().st_size

@@ -100,7 +100,8 @@ def _draw(
     shown: str,
 ) -> None:
     """UMAPs of the ``(n, d)`` embeddings ``before`` and ``after`` integration, each
-    coloured by every ``(n,)`` array of ``colourings``, and the loss curves, in
+    coloured by every ``(n,)`` array of ``colourings``, the loss curves and the choice
+    of K, in
     ``figures``; ``shown`` tells a sample of cells in the titles."""
     figures.mkdir(parents=True, exist_ok=True)
     plotting.umap_panels(
@@ -116,6 +117,7 @@ def _draw(
         figures / "umap_after.png",
     )
     plotting.loss_curves(model.history, figures / "loss_curves.png")
+    plotting.k_choice(model.k_estimate, model.cluster_count, figures / "k_choice.png")
 
 
 def leiden(embedding: np.ndarray, seed: int, resolution: float = 1.0) -> np.ndarray:

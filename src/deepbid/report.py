@@ -18,9 +18,13 @@ from .model import DeepBID
 FIGURES = {
     "umap_before.png": "UMAP before integration (PCA of the log-normalised genes used)",
     "umap_after.png": "UMAP of the deepbid embedding",
+    "k_choice.png": "How the number of clusters was chosen: the K rule's Leiden scans "
+    "(star: chosen; crosses: set aside as batch splits or outliers of the scan) and the "
+    "clusters tested for two modes after training",
     "composition.png": "Batch composition of each cluster (cell counts above the bars)",
     "markers_dotplot.png": "Top marker genes per cluster (Wilcoxon, one vs rest)",
-    "loss_curves.png": "Per-epoch mean of every loss term, each training phase",
+    "loss_curves.png": "Training: per-epoch mean of the total loss and its largest "
+    "weighted terms, one panel per phase",
 }
 
 #: The figures the report draws itself; the others come from the evaluation.
@@ -51,7 +55,8 @@ def write_report(
 
     ``adata`` is the annotated result of :func:`deepbid.integrate` (marker genes
     are added to it); ``figures`` (``None``: ``directory``) must already hold
-    ``umap_before.png``, ``umap_after.png`` and ``loss_curves.png`` (as drawn by
+    ``umap_before.png``, ``umap_after.png``, ``k_choice.png`` and ``loss_curves.png``
+    (as drawn by
     :func:`deepbid.evaluate.evaluate`); the report's own figures go into ``directory``.
     ``transferred``, the table of :func:`deepbid.transfer.transfer_summary`, adds a
     label-transfer section. ``cells`` (indices into ``adata``; ``None``: all) are the

@@ -23,6 +23,25 @@ def _batch(view: DataView, idx: np.ndarray, device: torch.device) -> tuple[torch
     return tuple(torch.from_numpy(a).to(device) for a in view.rows(idx))
 
 
+#: The training phases in the order they run (``history``'s keys; a mapped model adds
+#: ``"map"``).
+PHASES = ("pretrain_outer", "pretrain_inner", "pretrain", "cluster", "decoder", "map")
+#: Per-epoch entries of ``history[phase]`` that are not weighted loss terms: their sum,
+#: the step count and timing, and the clustering phase's report after each epoch.
+NOT_TERMS = frozenset(
+    {
+        "total",
+        "steps",
+        "seconds",
+        "membership_change",
+        "fuzzy_iterations",
+        "temperature",
+        "n_clusters",
+        "mixing_across_nats",
+    }
+)
+
+
 class Trainer:
     """Trains an :class:`~deepbid.module.Autoencoder` on a :class:`~deepbid.data.DataView`.
 
