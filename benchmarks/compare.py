@@ -449,12 +449,15 @@ def provenance() -> dict[str, object]:
     dirty = git("status", "--porcelain", "--", "src")
     versions = []
     for name in PACKAGES:
+        if name == "deepbid":
+            # the code that ran: an editable install's metadata keeps the version it was
+            # installed at, and a source tree on PYTHONPATH has none
+            versions.append(f"deepbid={deepbid.__version__}")
+            continue
         try:
             versions.append(f"{name}={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
-            # a source tree on PYTHONPATH (as on a GPU machine) is not installed
-            if name == "deepbid":
-                versions.append(f"deepbid={deepbid.__version__}")
+            pass
     return {
         "commit": head + ("+dirty" if dirty else ""),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -491,7 +494,6 @@ def markdown_table(result: pd.DataFrame, columns: dict[str, tuple[str, int]]) ->
 
 def markdown(result: pd.DataFrame, seeds: list[int]) -> str:
     """compare.md: a provenance line, then clustering, scIB and cost tables."""
-    first = result.iloc[0]
     names = {"leiden_r1": "Leiden r=1", "k_rule": "K rule", "leiden_best": "best Leiden"}
     names |= {"kmeans_true_k": "k-means true K", "own": "own clusters"}
     ari = {f"ari_{p}": (names[p], 3) for p in PROTOCOLS}
@@ -503,14 +505,16 @@ def markdown(result: pd.DataFrame, seeds: list[int]) -> str:
     }
     cost = {"seconds": ("seconds", 1), "peak_added_mb": ("peak MB added", 0)}
     cost |= {"peak_rss_mb": ("peak MB (process)", 0)}
-    made = result.groupby("commit", sort=False)["method"].unique()
-    where = (
-        f"commit `{first['commit']}`"
-        if len(made) == 1
-        else " · ".join(f"{', '.join(m)} at commit `{c}`" for c, m in made.items())
+    # a run that kept other methods' rows (--keep) names each commit with its own
+    # date and package versions
+    made = result.groupby("commit", sort=False)
+    where = "\n\n".join(
+        f"{', '.join(rows['method'].unique())}: commit `{commit}` · {rows['date'].iloc[0]} · "
+        f"{rows['cores'].iloc[0]} cores · {rows['versions'].iloc[0]}"
+        for commit, rows in made
     )
     parts = [
-        f"{where} · {first['date']} · {first['cores']} cores · {first['versions']}\n",
+        f"{where}\n",
         f"deepbid and scVI: mean ± sd over seeds {', '.join(map(str, seeds))} (`runs`); "
         "the others: one run at their default seed 0. `–`: not applicable (BBKNN gives a "
         "graph, no embedding) or not run.\n",

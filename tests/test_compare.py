@@ -110,7 +110,7 @@ def test_provenance_and_outputs(run):
     assert (table["cores"] >= 1).all()
     assert table["versions"].str.contains(r"deepbid=\S+; torch=", regex=True).all()
     text = (run / "compare.md").read_text()
-    assert text.startswith(f"commit `{table['commit'][0]}`")
+    assert f"commit `{table['commit'][0]}`" in text.splitlines()[0]
     assert re.search(r"\| sc_mixology_3cl \| deepbid \| 2 \| \d\.\d{3} ± \d\.\d{3} \|", text)
     assert "| deepbid (own clusters) |" in text
     assert (run / "compare_sc_mixology_3cl.png").stat().st_size > 10_000
