@@ -6,11 +6,11 @@ embedding (``obsm["X_deepbid"]``), K, and the seconds of the fit, for both.
 
     python benchmarks/paper_preset.py                 # all sets, seed 0
     python benchmarks/paper_preset.py --seeds 3 --only sc_mixology_3cl
-    python benchmarks/paper_preset.py --default-from results/stability.csv
-    python benchmarks/paper_preset.py --default-from s.csv --paper-from p.csv   # tables
+    python benchmarks/paper_preset.py --seeds 3 --default-from results/quality.csv
+    python benchmarks/paper_preset.py --default-from q.csv --paper-from p.csv   # tables
 
 ``--default-from`` fits the paper's configuration alone and takes the defaults' rows
-(the cells as given, same seeds) from a ``stability.py`` run of the same code.
+(same seeds) from a ``quality.py`` run of the same code.
 
 Writes ``results/paper_preset.csv`` (one row per set x seed x configuration) and
 ``results/paper_preset.md``.
@@ -53,9 +53,9 @@ def fit_and_score(adata: ad.AnnData, seed: int, paper: bool) -> dict:
 
 
 def defaults_from(path: Path, seeds: int) -> list[dict]:
-    """The defaults' rows of a ``stability.py`` run: its fits of the cells as given."""
+    """The defaults' rows of a ``quality.py`` run."""
     runs = pd.read_csv(path)
-    given = runs[(runs["order"] == "given") & (runs["seed"] < seeds)]
+    given = runs[(runs["variant"] == "default") & (runs["seed"] < seeds)]
     given = given.assign(configuration="default (K estimated)")
     columns = ["dataset", "seed", "configuration", "n_clusters", "ari", "ilisi_median"]
     columns += ["seconds", "commit", "date", "cores", "threads"]
@@ -71,9 +71,12 @@ def table(results: pd.DataFrame) -> str:
     mean = results.groupby(["dataset", "configuration"], sort=False).mean(numeric_only=True)
     configurations = list(results["configuration"].unique())
     head = " | ".join(f"{c}: K / ARI / iLISI / s" for c in configurations)
+    commits = results.groupby("configuration", sort=False)["commit"].agg(
+        lambda c: ", ".join(sorted(set(map(str, c))))
+    )
     lines = [
-        f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores, "
-        f"{stamp['threads']} torch thread(s); "
+        "; ".join(f"{c}: commit {commit}" for c, commit in commits.items()) + "; "
+        f"{stamp['date']}, {stamp['cores']} cores, {stamp['threads']} torch thread(s); "
         f"{results['seed'].nunique()} seed(s), mean over seeds.",
         "",
         f"| set | {head} |",
