@@ -14,10 +14,10 @@ shape of every matrix product. Its FLOPs per step, times the steps, over the sec
 the phase's minibatch steps (``history[phase]["seconds"]``) is the achieved rate; the
 same products timed alone in the same process give the matmul rate of those shapes.
 
-    python benchmarks/profile.py                          # 5k, 20k, 100k
-    python benchmarks/profile.py --cells 20000 --denoised
+    python benchmarks/profiling.py                          # 5k, 20k, 100k
+    python benchmarks/profiling.py --cells 20000 --denoised
 
-Writes ``results/profile.csv`` (one row per size x phase) and ``results/profile.md``.
+Writes ``results/profiling.csv`` (one row per size x phase) and ``results/profiling.md``.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class Clock:
                 return function(*args, **kwargs)
             finally:
                 end = time.perf_counter()
-                self.stack.pop()
-                self.seconds[name] = self.seconds.get(name, 0.0) + end - now
+                stretch = self.stack.pop()[1]
+                self.seconds[name] = self.seconds.get(name, 0.0) + end - stretch
                 if self.stack:
                     self.stack[-1][1] = end
 
@@ -288,8 +288,8 @@ def main() -> None:
     table = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "profile.csv", index=False)
-    (out / "profile.md").write_text(markdown(table))
+    table.to_csv(out / "profiling.csv", index=False)
+    (out / "profiling.md").write_text(markdown(table))
 
 
 if __name__ == "__main__":
