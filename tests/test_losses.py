@@ -38,7 +38,9 @@ def test_adaptive_kmeans_formula():
 def test_weight_penalty_is_sum_of_squares():
     layer = torch.nn.Linear(4, 3)
     expected = (layer.weight**2).sum() + (layer.bias**2).sum()
-    assert losses.weight_penalty(layer).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert losses.weight_penalty(layer.parameters()).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
 
 
 def test_kl_within_batch_ignores_other_batches_and_is_nonnegative():
@@ -55,3 +57,11 @@ def test_kl_within_batch_ignores_other_batches_and_is_nonnegative():
     h2[7] += 100.0
     part0 = losses.kl_within_batch(h2[:6], batch[:6])
     assert part0.item() == pytest.approx(parts[0].item() / 6, rel=1e-10)
+
+
+def test_kl_within_batch_leaves_out_batches_of_fewer_than_three_cells():
+    rng = np.random.default_rng(2)
+    h = torch.tensor(rng.normal(size=(8, 4)))
+    batch = torch.tensor([0] * 6 + [1] * 2)
+    alone = losses.kl_within_batch(h[:6], batch[:6]) * 6
+    assert losses.kl_within_batch(h, batch).item() == pytest.approx(alone.item() / 8, rel=1e-10)

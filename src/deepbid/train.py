@@ -81,19 +81,24 @@ class Trainer:
         step: Callable[..., dict[str, torch.Tensor]],
         bar: tqdm,
         after_epoch: Callable[[], dict[str, float]] | None = None,
+        weight_decay: float = 0.0,
     ) -> None:
         """Run ``n_epochs`` of Adam on the terms ``step`` returns for each minibatch.
 
         ``step(x, counts, size_factors, batch, idx)`` returns named loss terms,
         already weighted, whose sum is minimised; their per-epoch means go to
         ``history[phase][term]``, with the ``total``, the optimiser ``steps`` and the
-        ``seconds`` the epoch's minibatch steps took.
+        ``seconds`` the epoch's minibatch steps took. ``weight_decay`` adds
+        ``weight_decay * param`` to every gradient: the gradient of
+        ``weight_decay / 2`` times the squared norms of ``params``.
         """
         params = list(params)
         # the fused update is one pass over each parameter instead of a dozen, a
         # third of the optimiser's time on CPU; other devices keep the default
         fused = self.device.type in ("cpu", "cuda") or None
-        optimiser = torch.optim.Adam(params, lr=self.settings.lr, fused=fused)
+        optimiser = torch.optim.Adam(
+            params, lr=self.settings.lr, weight_decay=weight_decay, fused=fused
+        )
         # batch_size and epoch_cells are global: processes split them, so a
         # distributed run takes the same steps per epoch as a single process
         world = distributed.world_size()
@@ -232,7 +237,16 @@ class Trainer:
 
         s = self.settings
         self.run_epochs(
-            view, "cluster", s.epochs, self.module.parameters(), self.cluster_terms, bar, update
+            view,
+            "cluster",
+            s.epochs,
+            self.clustering_params,
+            self.cluster_terms,
+            bar,
+            update,
+            # L_O's gradient, 2 lambda2 w: added inside the fused Adam update, where
+            # autograd through the squared norms of all weights took a fifth of a step
+            weight_decay=2 * s.lambda2,
         )
         self.temperature = self.state["tau"]
         self.log_weights = self.state["log_weights"]
@@ -251,6 +265,10 @@ class Trainer:
         """Set up the clustering phase on the ``(n, d)`` codes ``h`` of ``view``'s cells,
         starting from hard ``labels`` ``(n,)``: C, P and the mixing statistics."""
         self.state, self.state_dtype = {}, h.dtype
+        # the MSE head serves the pretraining alone: it neither trains nor counts in L_O
+        self.clustering_params = [
+            param for name, param in self.module.named_parameters() if not name.startswith("rec.")
+        ]
         self.set_partition(labels)
         self.n_batches = view.n_batches
         self.batch_codes = torch.as_tensor(view.batch_codes, dtype=torch.long, device=self.device)
@@ -300,6 +318,8 @@ class Trainer:
 
         The mixing term carries the exact gradient of its full-data divergence
         (:mod:`deepbid.mixing`); the running counts take in this minibatch first.
+        ``weights`` (``lambda2 L_O``) is its value alone: :meth:`cluster` adds its
+        gradient through Adam's ``weight_decay``.
         """
         m, s, state = self.module, self.settings, self.state
         out = m(x, batch, sf)
@@ -307,7 +327,7 @@ class Trainer:
         terms = {
             "nb": losses.nb_loss(counts, out["mu"], out["theta"]),
             "kmeans": s.lambda1 * losses.adaptive_kmeans(h, c, state["p"][idx]),
-            "weights": s.lambda2 * losses.weight_penalty(m),
+            "weights": s.lambda2 * _no_grad(losses.weight_penalty, self.clustering_params),
             "kl_within": s.kappa1 * losses.kl_within_batch(h, batch),
         }
         if s.kappa2 > 0:
@@ -317,6 +337,11 @@ class Trainer:
             )
             terms["kl_mix"] = s.kappa2 * mixing.surrogate(p, batch, state["across"].log_ratio())
         return terms
+
+
+def _no_grad(function: Callable[..., torch.Tensor], *args: object) -> torch.Tensor:
+    with torch.no_grad():
+        return function(*args)
 
 
 def _encoded(
