@@ -242,14 +242,16 @@ def markdown(table: pd.DataFrame) -> str:
     stamp = table.iloc[0]
     lines = [
         f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores, "
-        f"{stamp['threads']} torch thread(s); the scaling scenario, `deepbid integrate`.",
+        f"{stamp['threads']} torch thread(s); the scaling scenario, `deepbid integrate`; "
+        "phases under 0.05 s are in the CSV only.",
         "",
     ]
     for (n, denoised), run in table.groupby(["cells", "denoised"], sort=False):
         flag = "--denoised" if denoised else "--no-denoised"
         lines += [f"**{n:,} cells, `{flag}`**", "", "| phase | s | share |", "|---|---|---|"]
         for row in run.itertuples():
-            lines.append(f"| {row.phase} | {row.seconds:.1f} | {row.share:.0%} |")
+            if row.seconds >= 0.05 or row.phase in ("other", "total"):
+                lines.append(f"| {row.phase} | {row.seconds:.1f} | {row.share:.0%} |")
         trained = run.dropna(subset=["steps"])
         if len(trained):
             lines += [
