@@ -174,6 +174,47 @@ def test_coarse_division_recurring_at_low_resolutions_is_set_aside(monkeypatch):
     np.testing.assert_array_equal(labels, types)
 
 
+@pytest.mark.parametrize("times_found", [1, 2])
+def test_a_near_tie_the_scan_finds_once_is_not_chosen(monkeypatch, times_found):
+    """Eight types, and one of them cut in two by the top resolutions only, scoring
+    within noise of the eight (as pancreas at seed 1: K 10 at one resolution, K 9 at
+    the rest). Found at one resolution the finer partition is the draw of a near-tie
+    and the eight types are chosen; found at two, the finer one is."""
+    x, types, batches = blobs(n_per=30, n_types=8, n_batches=3, sep=4.0, shift=0.3, seed=2)
+    finer = types.copy()
+    finer[(types == 0) & (np.arange(types.size) % 2 == 0)] = 8  # every batch in both parts
+    top = k_estimate.RESOLUTIONS[-times_found:]
+
+    pairs, seven = types // 2, np.minimum(types, 6)  # coarser partitions at low resolutions
+
+    def scan(graph, resolution, seed=0):
+        if graph is graphs["knn"] and resolution in top:
+            return finer
+        return {0: pairs, 1: pairs, 2: seven}.get(k_estimate.RESOLUTIONS.index(resolution), types)
+
+    def score(x, labels, batch, seed):  # the finer partition a hair ahead
+        return 0.5 + k_estimate.SILHOUETTE_TOLERANCE / 2 * (labels.max() == 8)
+
+    graphs = {}
+    real_as_igraph = k_estimate.as_igraph
+
+    def as_igraph(adjacency):
+        graph = real_as_igraph(adjacency)
+        graphs.setdefault("knn", graph)  # the plain graph is built first
+        return graph
+
+    monkeypatch.setattr(k_estimate, "as_igraph", as_igraph)
+    monkeypatch.setattr(k_estimate, "leiden", scan)
+    monkeypatch.setattr(k_estimate, "within_batch_silhouette", score)
+    labels, report = k_estimate.estimate_partition(x, batches, seed=0)
+    counts = np.array(report["n_clusters"])
+    assert not any(report["batch_split"])
+    assert not np.array(report["outlier"])[counts == 9].any()  # it agrees with the scan
+    assert np.array(report["score"])[counts == 9].min() == max(report["score"])
+    assert np.array(report["reproduced"])[counts == 9].all() == (times_found == 2)
+    np.testing.assert_array_equal(labels, finer if times_found == 2 else types)
+
+
 def test_type_held_by_one_batch_keeps_its_own_cluster():
     """Two types, each captured by one batch only, lie closer to each other than to
     the shared types (as CD141 and CD1C dendritic cells in the DC data): the

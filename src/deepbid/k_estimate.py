@@ -6,7 +6,9 @@ codes: the plain kNN graph, and a batch-balanced one (every cell linked to its
 nearest cells *in every batch*). It scores each partition by how well it
 separates cells within their own batch (mean within-batch silhouette) and
 keeps the finest partition whose score is within
-:data:`SILHOUETTE_TOLERANCE` of the best. Silhouette favours the coarsest
+:data:`SILHOUETTE_TOLERANCE` of the best, among those whose number of clusters
+another partition of the scan gives too (:func:`reproduced`: a count found at
+one resolution alone comes and goes with the order of the cells). Silhouette favours the coarsest
 strong division, so a partition the rest of the scan reproduces least (its mean
 ARI with the other partitions in the scan's lowest quarter,
 :func:`scan_outliers`) is not chosen however it scores. Each graph covers the other's
@@ -277,10 +279,37 @@ def estimate_partition(h: np.ndarray, batch: np.ndarray, seed: int) -> tuple[np.
     # the finest partition whose score is within noise of the best: merging two
     # real cell types is worse than splitting one, which a user can undo
     near_best = np.flatnonzero(scores >= scores.max() - SILHOUETTE_TOLERANCE)
+    report["reproduced"] = reproduced(counts, np.isfinite(scores)).tolist()
+    # among near-ties, a count the rest of the scan does not find again is the draw
+    # of one resolution: another cell order finds it or not (pancreas, seed 1: K 10 at
+    # the plain graph's top resolution alone, in one order of the cells and not the other)
+    stable = near_best[np.asarray(report["reproduced"])[near_best]]
+    if stable.size:
+        near_best = stable
     finest = near_best[counts[near_best] == counts[near_best].max()]
     chosen = int(finest[np.argmax(scores[finest])])
     report["chosen"] = chosen
     return partitions[chosen], report
+
+
+def reproduced(counts: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Whether each partition's number of clusters is found by another candidate of
+    the scan (another resolution or the other graph).
+
+    Parameters
+    ----------
+    counts
+        ``(n_partitions,)`` clusters of each partition of the scan.
+    candidate
+        ``(n_partitions,)`` bool: which partitions may be chosen.
+
+    Returns
+    -------
+    ``(n_partitions,)`` bool, ``False`` for partitions of one cluster.
+    """
+    voters = candidate & (counts > 1)
+    found = np.array([(voters & (counts == count)).sum() for count in counts])
+    return (counts > 1) & (found - voters.astype(int) >= 1)
 
 
 def scan_outliers(
