@@ -143,10 +143,10 @@ def probe_step(trainer, view, phase: str, step) -> dict:
 
 def _probing(run_epochs, probes: list[dict]):
     @functools.wraps(run_epochs)
-    def probed(self, view, phase, n_epochs, params, step, *args, **kwargs):
-        if n_epochs > 0:
+    def probed(self, view, phase, epochs, params, step, *args, **kwargs):
+        if getattr(self.settings, epochs) > 0:
             probes.append(probe_step(self, view, phase, step))
-        return run_epochs(self, view, phase, n_epochs, params, step, *args, **kwargs)
+        return run_epochs(self, view, phase, epochs, params, step, *args, **kwargs)
 
     return probed
 

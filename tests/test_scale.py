@@ -6,7 +6,7 @@ import scipy.sparse as sp
 from conftest import FAST
 
 from deepbid import DeepBID, evaluate, metrics, plotting, train
-from deepbid.settings import DEFAULT_EPOCHS, FULL_EPOCH_CELLS, scaled_epochs
+from deepbid.settings import DEFAULT_EPOCHS, FULL_EPOCH_CELLS, Settings, scaled_epochs
 
 
 def test_epochs_are_the_papers_up_to_the_threshold_then_shrink():
@@ -19,6 +19,19 @@ def test_epochs_are_the_papers_up_to_the_threshold_then_shrink():
     budget = DEFAULT_EPOCHS["pretrain_epochs"][0] * FULL_EPOCH_CELLS
     for n in (8_000, 20_000, 40_000):
         assert budget <= scaled_epochs("pretrain_epochs", n) * n < budget + n
+
+
+def test_every_phase_passes_the_same_cells_at_any_size_above_the_threshold():
+    """The epoch floor alone would triple the clustering steps from 33,334 cells on;
+    by default an epoch at the floor draws only the cells that keep them."""
+    for name, (default, _) in DEFAULT_EPOCHS.items():
+        budget = default * FULL_EPOCH_CELLS
+        for n in (8_000, 40_000, 100_000, 10**6):
+            settings = Settings().for_cells(n)
+            passed = getattr(settings, name) * min(n, settings.cells_per_epoch(name))
+            assert budget <= passed < budget + min(n, settings.cells_per_epoch(name))
+    # a set epoch_cells caps every phase, as before
+    assert Settings(epoch_cells=100).cells_per_epoch("pretrain_epochs") == 100
 
 
 def test_fit_records_the_epochs_it_ran(small):

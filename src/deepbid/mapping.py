@@ -91,7 +91,7 @@ def train_new_batches(
         with tqdm(
             total=settings.epochs, desc="deepbid map", unit="epoch", disable=not progress
         ) as bar:
-            trainer.run_epochs(view, "map", settings.epochs, params, step, bar)
+            trainer.run_epochs(view, "map", "epochs", params, step, bar)
     finally:
         for handle in handles:
             handle.remove()

@@ -81,7 +81,7 @@ def paper_settings(n_cells: int, n_clusters: int, batch_size: int) -> dict[str, 
         "pretrain_epochs": 20,
         "epochs": 20,
         "decoder_epochs": 0,
-        "epoch_cells": None,
+        "epoch_cells": n_cells,  # every cell, every epoch
         "lambda1": lambda1,
         "lambda2": lambda2 / batch_size,
         "kappa1": 0.01,
@@ -132,10 +132,13 @@ class Settings:
         :data:`FULL_EPOCH_CELLS` cells, proportionally fewer above (at least 1);
         0 leaves the decoder as clustering left it.
     epoch_cells
-        Most cells one epoch draws (a fresh random subset each epoch when the data
-        are larger; ``None``: every cell). With the epoch floor it caps the steps of
-        training at any size, so only the full-data passes between epochs (codes,
-        C and P) grow with the number of cells.
+        Most cells one epoch of any phase draws (a fresh random subset each epoch when
+        the data are larger). ``None``: per phase, the cells from which its default
+        epochs stop shrinking at their floor (:func:`scaled_epochs`), its paper epochs
+        times :data:`FULL_EPOCH_CELLS` over its fewest epochs: 33,334 cells per
+        clustering epoch, 50,000 in the other phases. Every phase then takes the
+        optimiser steps it takes on :data:`FULL_EPOCH_CELLS` cells at any size, and
+        only the full-data passes between epochs (codes, C and P) grow with the data.
     lambda1, lambda2
         Weights of the k-means loss ``L_A`` and of the weight penalty ``L_O``;
         ``None``: the paper's (5, 0.01) below :data:`LARGE_DATA_CELLS` cells, else (1, 1e-4).
@@ -203,7 +206,7 @@ class Settings:
     pretrain_epochs: int | None = None
     epochs: int | None = None
     decoder_epochs: int | None = None
-    epoch_cells: int | None = 100_000
+    epoch_cells: int | None = None
     lambda1: float | None = None
     lambda2: float | None = None
     kappa1: float = 0.01
@@ -243,6 +246,15 @@ class Settings:
             lambda1=lambda1 if self.lambda1 is None else self.lambda1,
             lambda2=lambda2 if self.lambda2 is None else self.lambda2,
         )
+
+    def cells_per_epoch(self, epochs: str) -> int:
+        """Most cells an epoch of the phase whose epochs are the field ``epochs`` (a key
+        of :data:`DEFAULT_EPOCHS`) draws: ``epoch_cells``, or by default the cells from
+        which the phase's epochs stay at their floor."""
+        if self.epoch_cells is not None:
+            return self.epoch_cells
+        default, minimum = DEFAULT_EPOCHS[epochs]
+        return math.ceil(default * FULL_EPOCH_CELLS / minimum)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

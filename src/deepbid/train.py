@@ -76,14 +76,16 @@ class Trainer:
         self,
         view: DataView,
         phase: str,
-        n_epochs: int,
+        epochs: str,
         params: Iterable[torch.nn.Parameter],
         step: Callable[..., dict[str, torch.Tensor]],
         bar: tqdm,
         after_epoch: Callable[[], dict[str, float]] | None = None,
         weight_decay: float = 0.0,
     ) -> None:
-        """Run ``n_epochs`` of Adam on the terms ``step`` returns for each minibatch.
+        """Run the epochs of Adam that the setting named ``epochs`` gives, each over at
+        most :meth:`Settings.cells_per_epoch` cells, on the terms ``step`` returns for
+        each minibatch.
 
         ``step(x, counts, size_factors, batch, idx)`` returns named loss terms,
         already weighted, whose sum is minimised; their per-epoch means go to
@@ -102,10 +104,8 @@ class Trainer:
         # batch_size and epoch_cells are global: processes split them, so a
         # distributed run takes the same steps per epoch as a single process
         world = distributed.world_size()
-        cap = self.settings.epoch_cells
-        n_used = distributed.all_min(
-            view.n_cells if cap is None else min(view.n_cells, -(-cap // world))
-        )
+        n_epochs, cap = getattr(self.settings, epochs), self.settings.cells_per_epoch(epochs)
+        n_used = distributed.all_min(min(view.n_cells, -(-cap // world)))
         batch_size = -(-self.settings.batch_size // world)
         for epoch in range(1, n_epochs + 1):
             sums: dict[str, float] = {}
@@ -140,7 +140,7 @@ class Trainer:
     def pretrain(self, view: DataView, bar: tqdm) -> None:
         """Layer-wise MSE pretraining (``f-500-f``, then ``500-d-500``), then the
         stacked autoencoder on ``L_rec + L_NB`` so the NB heads start trained."""
-        m, s = self.module, self.settings
+        m = self.module
 
         def outer(x, counts, sf, batch, idx):
             return {"rec": losses.reconstruction_loss(x, m.rec(m.hidden(x)))}
@@ -159,9 +159,9 @@ class Trainer:
 
         outer_params = [*m.enc1.parameters(), *m.rec.parameters()]
         inner_params = [*m.enc2.parameters(), *m.dec1.parameters()]
-        self.run_epochs(view, "pretrain_outer", s.layer_epochs, outer_params, outer, bar)
-        self.run_epochs(view, "pretrain_inner", s.layer_epochs, inner_params, inner, bar)
-        self.run_epochs(view, "pretrain", s.pretrain_epochs, m.parameters(), stacked, bar)
+        self.run_epochs(view, "pretrain_outer", "layer_epochs", outer_params, outer, bar)
+        self.run_epochs(view, "pretrain_inner", "layer_epochs", inner_params, inner, bar)
+        self.run_epochs(view, "pretrain", "pretrain_epochs", m.parameters(), stacked, bar)
 
     def fit_decoder(self, view: DataView, bar: tqdm) -> None:
         """Train the decoder alone (encoder, codes and clusters fixed) on ``L_NB`` from
@@ -181,7 +181,7 @@ class Trainer:
             return {"nb": losses.nb_loss(counts, mu, theta)}
 
         params = [*m.dec1.parameters(), *m.mu.parameters(), *m.theta.parameters()]
-        self.run_epochs(view, "decoder", s.decoder_epochs, params, thinned, bar)
+        self.run_epochs(view, "decoder", "decoder_epochs", params, thinned, bar)
 
     def cluster(
         self,
@@ -235,18 +235,17 @@ class Trainer:
                 **self.mixing_report(),
             }
 
-        s = self.settings
         self.run_epochs(
             view,
             "cluster",
-            s.epochs,
+            "epochs",
             self.clustering_params,
             self.cluster_terms,
             bar,
             update,
             # L_O's gradient, 2 lambda2 w: added inside the fused Adam update, where
             # autograd through the squared norms of all weights took a fifth of a step
-            weight_decay=2 * s.lambda2,
+            weight_decay=2 * self.settings.lambda2,
         )
         self.temperature = self.state["tau"]
         self.log_weights = self.state["log_weights"]
@@ -276,8 +275,8 @@ class Trainer:
         s = self.settings
         # the running statistics follow the codes over the cells one epoch draws
         # (None: all of them)
-        drawn = s.epoch_cells is not None and s.epoch_cells < n_total
-        self.horizon = s.epoch_cells if drawn else None
+        cap = s.cells_per_epoch("epochs")
+        self.horizon = cap if cap < n_total else None
         self.reestimate(h)
 
     def reestimate(self, h: torch.Tensor) -> int:
