@@ -234,10 +234,12 @@ def figure(table: pd.DataFrame, path: Path) -> None:
 def exponent(table: pd.DataFrame, low: int) -> tuple[float, int]:
     """Slope of log seconds on log cells for deepbid's rows from ``low`` cells up (from
     its smallest size where fewer than two sizes reach ``low``: a line needs two), and
-    the size it starts from."""
+    the size it starts from; NaN from a single size."""
     rows = table[table["method"] == "deepbid"]
     if (rows["cells"] >= low).sum() >= 2:
         rows = rows[rows["cells"] >= low]
+    if rows["cells"].nunique() < 2:
+        return float("nan"), int(rows["cells"].min())
     slope = np.polyfit(np.log(rows["cells"]), np.log(rows["seconds"]), 1)[0]
     return float(slope), int(rows["cells"].min())
 
@@ -299,11 +301,12 @@ def main() -> None:
     table = pd.DataFrame(rows).sort_values(["cells", "method"])
     table.to_csv(out / "scaling.csv", index=False)
     slope, first = exponent(table, 20_000)
-    header = (
-        f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores; "
-        f"{stamp['versions']}\n\ndeepbid's log seconds on log cells from {first // 1000}k "
-        f"up: slope {slope:.2f}\n\n"
-    )
+    header = f"commit {stamp['commit']}, {stamp['date']}, {stamp['cores']} cores; "
+    header += f"{stamp['versions']}\n\n"
+    if np.isfinite(slope):
+        header += (
+            f"deepbid's log seconds on log cells from {first // 1000}k up: slope {slope:.2f}\n\n"
+        )
     (out / "scaling.md").write_text(header + markdown(table.fillna("")))
     figure(table, out / "scaling.png")
     print(header + markdown(table.fillna("")))
